@@ -1,0 +1,35 @@
+# make help: list the targets. Every target sets up .venv itself (scripts/setup.sh), so each works from a clean clone.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: help setup demo test test-python test-rust lint bench bench-gpu
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## create .venv and build jitrs into it (release)
+	@scripts/setup.sh
+
+demo: setup ## train a small JiT on the built-in dataset (CPU is fine), then sample from it
+	$(PY) -m jitrs train --demo --out runs/demo
+
+test: setup lint test-rust test-python ## the whole test suite: lint, cargo test, pytest
+
+test-python:
+	$(PY) -m pytest -q
+
+test-rust:
+	cargo test --release -q
+
+lint: ## ruff + rustfmt + clippy, warnings are errors
+	$(PY) -m ruff check python tests benches
+	$(PY) -m ruff format --check python tests benches
+	cargo fmt --check
+	cargo clippy -q --all-targets --all-features -- -D warnings
+
+bench: setup ## CPU benchmarks (load_batch, patchify, PNG, model) side by side with their baselines
+	$(PY) benches/run_all.py
+
+bench-gpu: setup ## the GPU benchmark (model train/sample, end-to-end sampling) on a CUDA device
+	$(PY) benches/bench_gpu.py

@@ -1,0 +1,9 @@
+//! The Rust core of jitrs: the parts of the JiT data path that Python is slow at.
+//!
+//! Every module here is plain Rust that knows nothing of Python (tested with `cargo test`);
+//! `python/` is the thin PyO3 layer that validates inputs, releases the GIL and maps errors.
+
+pub mod crop;
+
+#[cfg(feature = "python")]
+mod python;

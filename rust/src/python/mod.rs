@@ -1,0 +1,10 @@
+//! PyO3 bindings: `jitrs._native`. Only type conversion, validation, GIL release and error mapping.
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // So a benchmark can refuse to report numbers from a debug build.
+    m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    Ok(())
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates .venv and builds jitrs into it (release build, editable Python sources). Idempotent: a second
+# run only rebuilds what changed. Needs: python3 >= 3.10, cargo; installs nasm (libjpeg-turbo's SIMD) via apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nasm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q nasm >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q nasm >/dev/null; }
+    else
+        echo "setup: nasm is missing and cannot be installed here (need root + apt-get); install nasm first." >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+export VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH"
+python -m pip install -q --upgrade pip
+python -m pip install -q "maturin>=1.9,<2" "cmake>=3.20"
+maturin develop --release --extras dev
+python -c "import jitrs" || { echo "setup: the jitrs build failed" >&2; exit 1; }
