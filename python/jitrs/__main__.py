@@ -1,0 +1,3 @@
+from jitrs.cli import main
+
+main()
