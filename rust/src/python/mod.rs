@@ -2,6 +2,8 @@
 
 use pyo3::prelude::*;
 
+mod image;
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // So a benchmark can refuse to report numbers from a debug build.
@@ -13,5 +15,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "release"
         },
     )?;
+    image::register(m)?;
     Ok(())
 }
