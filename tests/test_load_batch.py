@@ -3,6 +3,7 @@ out= path, error handling and threading."""
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 from pathlib import Path
 
@@ -163,6 +164,19 @@ def test_thread_counts_give_identical_batches(image_files: list[Path]) -> None:
     one = jitrs.load_batch(paths, 96, flip=flips, threads=1)
     np.testing.assert_array_equal(one, jitrs.load_batch(paths, 96, flip=flips, threads=2))
     np.testing.assert_array_equal(one, jitrs.load_batch(paths, 96, flip=flips))
+
+
+def _load_in_child(paths: list[Path]) -> np.ndarray:
+    return jitrs.load_batch(paths, 32, threads=2)
+
+
+def test_a_forked_child_can_load_after_the_parent_did(image_files: list[Path]) -> None:
+    # A DataLoader forks workers after the parent may have used load_batch: the child must not wait
+    # on the parent's pool threads, which do not exist in it.
+    expected = jitrs.load_batch(image_files[:4], 32, threads=2)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_load_in_child, (image_files[:4],)).get(timeout=120)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_paths_and_flips_accept_common_types(image_files: list[Path]) -> None:
