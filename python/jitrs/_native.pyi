@@ -23,7 +23,8 @@ def decode(source: str | os.PathLike[str] | bytes, max_pixels: int = ...) -> npt
 
     The format is told by content, not by file name. Grayscale, CMYK/YCCK JPEGs and PNGs of every mode
     are converted to RGB as Pillow converts them (alpha dropped, not composited); 16-bit PNG samples
-    keep their high byte (for 16-bit gray Pillow clamps at 255 instead).
+    keep their high byte (for 16-bit gray Pillow clamps at 255 instead). EXIF orientation is not applied,
+    as Pillow's open/convert does not apply it. A truncated file is an error, as in Pillow by default.
 
     Args:
         source: a path (str or os.PathLike) or the encoded bytes.
