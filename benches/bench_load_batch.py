@@ -32,7 +32,7 @@ SOURCES = [
     Path(sklearn.__file__).parent / "datasets" / "images" / "flower.jpg",
     Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
 ]
-SET_VERSION = 1  # bump when the generated set changes, so stale caches are not reused
+SET_VERSION = 2  # bump when the generated set changes, so stale caches are not reused
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -54,10 +54,10 @@ def make_image_set(n: int, seed: int = 0) -> list[Path]:
         draw = rng.random()
         if draw < 0.8:
             long_side = 500
-        elif draw < 0.96:
-            long_side = int(rng.integers(250, 1000))
+        elif draw < 0.97:
+            long_side = int(rng.integers(200, 700))
         else:
-            long_side = int(rng.integers(1000, 2500))
+            long_side = int(rng.integers(700, 2500))
         aspect = float(rng.choice([4 / 3] * 5 + [3 / 2, 1.0, 3 / 4, 2 / 3]))
         if aspect >= 1:
             w, h = long_side, round(long_side / aspect)
