@@ -163,7 +163,8 @@ class TimestepEmbedder(nn.Module):
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t.float()[:, None] * freqs  # (B, 128)
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 256) float32
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
