@@ -278,7 +278,7 @@ mod tests {
     fn flip_mirrors_a_resized_crop() {
         let (w, h) = (123, 77);
         let src: Vec<u8> = (0..w * h * 3)
-            .map(|i| (i * 2654435761usize >> 7) as u8)
+            .map(|i| ((i * 2654435761usize) >> 7) as u8)
             .collect();
         for size in [1, 5, 32, 40, 100] {
             let plain = crop(&src, w, h, size, false);

@@ -28,31 +28,34 @@ pub fn center_crop<'py>(
                 .map_or_else(|_| "an unknown type".to_owned(), |n| n.to_string())
         ))
     })?;
-    let shape = array.shape().to_vec();
-    if shape.len() != 3 || shape[2] != 3 || shape[0] == 0 || shape[1] == 0 {
+    let shape = python_tuple(array.shape());
+    let dims = array.shape();
+    if dims.len() != 3 || dims[2] != 3 || dims[0] == 0 || dims[1] == 0 {
         return Err(PyValueError::new_err(format!(
-            "center_crop: img must have shape (H, W, 3) with H, W >= 1, got {shape:?}"
+            "center_crop: img must have shape (H, W, 3) with H, W >= 1, got {shape}"
         )));
     }
     if !array.dtype().is_equiv_to(&numpy::dtype::<u8>(py)) {
         return Err(PyTypeError::new_err(format!(
-            "center_crop: img must have dtype uint8, got {} (shape {shape:?})",
+            "center_crop: img must have dtype uint8, got {} (shape {shape})",
             array.dtype()
         )));
     }
     if !(1..=MAX_SIZE).contains(&size) {
         return Err(PyValueError::new_err(format!(
-            "center_crop: size must be between 1 and {MAX_SIZE}, got {size} (img shape {shape:?})"
+            "center_crop: size must be between 1 and {MAX_SIZE}, got {size} (img shape {shape})"
         )));
     }
     let size = size as usize;
-    let (height, width) = (shape[0], shape[1]);
+    let (height, width) = (dims[0], dims[1]);
     let readonly = array.cast::<PyArray3<u8>>()?.try_readonly()?;
+    let view = readonly.as_array();
+    // `as_slice` on the view is `Some` only in C order; any other layout is copied to C order here.
     let contiguous;
-    let src = match readonly.as_slice() {
-        Ok(slice) => slice,
-        Err(_) => {
-            contiguous = readonly.as_array().iter().copied().collect::<Vec<u8>>();
+    let src = match view.as_slice() {
+        Some(slice) => slice,
+        None => {
+            contiguous = view.iter().copied().collect::<Vec<u8>>();
             &contiguous
         }
     };
@@ -72,4 +75,13 @@ pub fn center_crop<'py>(
     let out = Array3::from_shape_vec((size, size, 3), out)
         .map_err(|e| PyValueError::new_err(format!("center_crop: internal shape error: {e}")))?;
     Ok(PyArray3::from_owned_array(py, out))
+}
+
+/// A shape as Python prints it: `(10, 10, 3)`, `(5,)`.
+fn python_tuple(dims: &[usize]) -> String {
+    let items: Vec<String> = dims.iter().map(usize::to_string).collect();
+    match items.as_slice() {
+        [one] => format!("({one},)"),
+        _ => format!("({})", items.join(", ")),
+    }
 }
