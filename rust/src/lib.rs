@@ -4,6 +4,7 @@
 //! `python/` is the thin PyO3 layer that validates inputs, releases the GIL and maps errors.
 
 pub mod crop;
+pub mod resample;
 
 #[cfg(feature = "python")]
 mod python;

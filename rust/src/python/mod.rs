@@ -2,9 +2,19 @@
 
 use pyo3::prelude::*;
 
+mod crop;
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // So a benchmark can refuse to report numbers from a debug build.
-    m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    m.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
+    m.add_function(wrap_pyfunction!(crop::center_crop, m)?)?;
     Ok(())
 }
