@@ -4,6 +4,8 @@
 //! `python/` is the thin PyO3 layer that validates inputs, releases the GIL and maps errors.
 
 pub mod crop;
+pub mod patchify;
+pub mod png;
 
 #[cfg(feature = "python")]
 mod python;
