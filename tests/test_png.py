@@ -90,28 +90,34 @@ def test_existing_file_is_replaced_completely(tmp_path, photo):
 
 
 def test_readers_never_see_a_partial_file(tmp_path, photo):
-    """While files are rewritten (GIL released), a reader only ever finds one complete version."""
-    a, b = photo[:400, :400], np.ascontiguousarray(photo[:400, :400][::-1])
+    """While a file is rewritten (GIL released), a reader only ever finds one complete version."""
+    big = np.tile(photo, (3, 2, 1))  # ~2 MB of PNG: a wide window for a non-atomic writer to be caught
+    versions = {"a": big, "b": np.ascontiguousarray(big[::-1])}
+    encoded = {}
+    for name, image in versions.items():
+        jitrs.write_png(tmp_path / f"{name}.png", image)
+        encoded[name] = (tmp_path / f"{name}.png").read_bytes()
     path = tmp_path / "live.png"
-    jitrs.write_png(path, a)
+    jitrs.write_png(path, versions["a"])
     stop = threading.Event()
     seen: list[str] = []
 
     def reader() -> None:
         while not stop.is_set():
-            got = read(path)
-            seen.append("a" if np.array_equal(got, a) else "b" if np.array_equal(got, b) else "torn")
+            data = path.read_bytes()
+            seen.append(next((name for name, b in encoded.items() if b == data), "torn"))
 
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        for i in range(40):
-            jitrs.write_pngs((b if i % 2 == 0 else a)[None], [path])
+        for i in range(30):
+            jitrs.write_pngs(versions["ab"[i % 2]][None], [path])
     finally:
         stop.set()
         thread.join()
-    assert seen and "torn" not in seen
-    assert os.listdir(tmp_path) == ["live.png"]
+    assert len(seen) > 30 and "torn" not in seen
+    np.testing.assert_array_equal(read(path), versions["b"])
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.png", "live.png"]
 
 
 def test_missing_directory_names_the_path(tmp_path):
