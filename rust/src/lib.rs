@@ -5,6 +5,8 @@
 
 pub mod crop;
 pub mod resample;
+pub mod patchify;
+pub mod png;
 
 #[cfg(feature = "python")]
 mod python;

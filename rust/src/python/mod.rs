@@ -3,6 +3,9 @@
 use pyo3::prelude::*;
 
 mod crop;
+mod arrays;
+mod png;
+mod tokens;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -16,5 +19,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         },
     )?;
     m.add_function(wrap_pyfunction!(crop::center_crop, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::patchify, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::unpatchify, m)?)?;
+    m.add_function(wrap_pyfunction!(png::write_pngs, m)?)?;
+    m.add_function(wrap_pyfunction!(png::write_png, m)?)?;
     Ok(())
 }
