@@ -2,8 +2,8 @@
 
 use pyo3::prelude::*;
 
-mod crop;
 mod arrays;
+mod crop;
 mod png;
 mod tokens;
 
