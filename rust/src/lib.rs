@@ -7,6 +7,9 @@ pub mod batch;
 pub mod crop;
 pub mod decode;
 pub mod error;
+pub mod patchify;
+pub mod png;
+pub mod resample;
 
 #[cfg(feature = "python")]
 mod python;

@@ -2,7 +2,11 @@
 
 use pyo3::prelude::*;
 
+mod arrays;
+mod crop;
 mod image;
+mod png;
+mod tokens;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -15,6 +19,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "release"
         },
     )?;
+    m.add_function(wrap_pyfunction!(crop::center_crop, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::patchify, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::unpatchify, m)?)?;
+    m.add_function(wrap_pyfunction!(png::write_pngs, m)?)?;
+    m.add_function(wrap_pyfunction!(png::write_png, m)?)?;
     image::register(m)?;
     Ok(())
 }
