@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import jitrs
 import matplotlib
 import numpy as np
 import sklearn
 from PIL import Image
+
+import jitrs
 
 SOURCES = [
     Path(sklearn.__file__).parent / "datasets" / "images" / "china.jpg",

@@ -9,10 +9,11 @@ import struct
 import zlib
 from pathlib import Path
 
-import jitrs
 import numpy as np
 import pytest
 from PIL import Image
+
+import jitrs
 
 # ----------------------------------------------------------------------------------------------------
 # helpers
@@ -40,19 +41,11 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def raw_png(
-    width: int, height: int, bit_depth: int, color_type: int, rows: list[bytes], extra: bytes = b""
-) -> bytes:
+def raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: list[bytes], extra: bytes = b"") -> bytes:
     """A PNG written by hand (filter type 0 on every row), for modes Pillow cannot write."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     idat = zlib.compress(b"".join(b"\x00" + row for row in rows))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + extra
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + extra + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def segment_offset(data: bytes, marker: bytes) -> int:
@@ -90,9 +83,7 @@ def test_real_photos_decode_exactly_like_pillow(real_photo: Path) -> None:
 @pytest.mark.parametrize("subsampling", ["4:4:4", "4:2:2", "4:2:0"])
 @pytest.mark.parametrize("progressive", [False, True])
 @pytest.mark.parametrize("quality", [75, 95])
-def test_generated_jpegs_match_pillow(
-    photo: Image.Image, subsampling: str, progressive: bool, quality: int
-) -> None:
+def test_generated_jpegs_match_pillow(photo: Image.Image, subsampling: str, progressive: bool, quality: int) -> None:
     data = jpeg_bytes(photo, subsampling=subsampling, progressive=progressive, quality=quality)
     np.testing.assert_array_equal(jitrs.decode(data), pillow_rgb(data))
 

@@ -7,10 +7,11 @@ import multiprocessing
 import re
 from pathlib import Path
 
-import jitrs
 import numpy as np
 import pytest
 from PIL import Image
+
+import jitrs
 
 
 def adm_center_crop(im: Image.Image, size: int) -> np.ndarray:
@@ -128,9 +129,7 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     return {"missing": tmp_path / "missing.jpg", "corrupt": corrupt, "text": text}
 
 
-def test_on_error_raise_names_the_first_bad_file_by_index(
-    image_files: list[Path], bad_files: dict[str, Path]
-) -> None:
+def test_on_error_raise_names_the_first_bad_file_by_index(image_files: list[Path], bad_files: dict[str, Path]) -> None:
     good = image_files[0]
     with pytest.raises(FileNotFoundError, match=re.escape(str(bad_files["missing"]))):
         jitrs.load_batch([good, bad_files["missing"], bad_files["corrupt"]], 32)
@@ -138,9 +137,7 @@ def test_on_error_raise_names_the_first_bad_file_by_index(
         jitrs.load_batch([good, good, bad_files["corrupt"], bad_files["missing"]] + [good] * 20, 32)
 
 
-def test_on_error_skip_zeroes_bad_slots_and_lists_them(
-    image_files: list[Path], bad_files: dict[str, Path]
-) -> None:
+def test_on_error_skip_zeroes_bad_slots_and_lists_them(image_files: list[Path], bad_files: dict[str, Path]) -> None:
     good = image_files[:3]
     paths = [good[0], bad_files["missing"], good[1], bad_files["text"], bad_files["corrupt"], good[2]]
     out = np.full((len(paths), 40, 40, 3), 255, dtype=np.uint8)
