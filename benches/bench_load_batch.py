@@ -6,7 +6,8 @@ flip, in a multiprocessing Pool), measured side by side in one run on the same f
 The image set is generated from the real photographs that ship with scikit-learn and matplotlib
 (random crops and rescales, ImageNet-like: about 500x375 on average, up to ~2500 px, quality 75-95,
 some progressive, some grayscale) and cached in the temp directory. Every figure is the best of
---repeat timed passes after one warm-up pass; ratios compare figures from this same run.
+--repeat timed passes after one warm-up pass, the two sides of a comparison alternating pass by pass;
+ratios compare figures from this same run.
 """
 
 from __future__ import annotations
@@ -115,14 +116,17 @@ def reference_item(job: tuple[str, int, bool]) -> np.ndarray:
 # timing
 
 
-def best_seconds(run: Callable[[], object], repeat: int) -> float:
-    run()  # warm-up: page cache, thread pools, worker processes
-    times = []
+def best_rates(ours: Callable[[], object], baseline: Callable[[], object], n: int, repeat: int) -> tuple[float, float]:
+    """Images/s of `ours` and `baseline` (each processes `n` images), best of `repeat` passes. The two
+    alternate pass by pass, so a load change on a shared machine hits both alike."""
+    ours(), baseline()  # warm-up: page cache, thread pools, worker processes
+    best = [float("inf"), float("inf")]
     for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for i, run in enumerate((ours, baseline)):
+            start = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return n / best[0], n / best[1]
 
 
 def batches(items: Sequence, batch_size: int) -> list[Sequence]:
@@ -178,9 +182,8 @@ def main() -> None:
                 for pb, fb in zip(path_batches, flip_batches, strict=True):
                     jitrs.load_batch(pb, size, flip=fb, threads=threads)
 
-            ref_rate = n / best_seconds(reference, args.repeat)
-            our_rate = n / best_seconds(ours, args.repeat)
-            rows.append((f"load_batch {size}px vs Pillow+ADM crop in a Pool", our_rate, ref_rate))
+            rates = best_rates(ours, reference, n, args.repeat)
+            rows.append((f"load_batch {size}px vs Pillow+ADM crop in a Pool", *rates))
 
     def ours_threads(threads: int) -> Callable[[], None]:
         def run() -> None:
@@ -189,9 +192,8 @@ def main() -> None:
 
         return run
 
-    one = n / best_seconds(ours_threads(1), args.repeat)
-    two = n / best_seconds(ours_threads(2), args.repeat)
-    rows.append(("load_batch 256px: 2 threads vs 1 thread", two, one))
+    scaling = best_rates(ours_threads(2), ours_threads(1), n, args.repeat)
+    rows.append(("load_batch 256px: 2 threads vs 1 thread", *scaling))
 
     def decode_ours() -> None:
         for p in paths:
@@ -202,13 +204,8 @@ def main() -> None:
             with Image.open(p) as im:
                 np.asarray(im.convert("RGB"))
 
-    rows.append(
-        (
-            "decode only, 1 thread: jitrs.decode vs Pillow",
-            n / best_seconds(decode_ours, args.repeat),
-            n / best_seconds(decode_pillow, args.repeat),
-        )
-    )
+    decode_only = best_rates(decode_ours, decode_pillow, n, args.repeat)
+    rows.append(("decode only, 1 thread: jitrs.decode vs Pillow", *decode_only))
 
     width = max(len(r[0]) for r in rows)
     print(f"{'comparison':<{width}}  {'ours img/s':>10}  {'baseline img/s':>14}  {'ratio':>6}")
