@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -195,10 +196,12 @@ def _torch_load(path: Path, head: bytes) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "WeightsUnpickler" in str(e):
+        culprit = re.search(r"GLOBAL ([\w.]+)", str(e), flags=re.IGNORECASE)
+        if culprit or "WeightsUnpickler" in str(e):
+            what = f" ({culprit.group(1)})" if culprit else ""
             raise UserError(
                 f"{path}: refused for safety: its pickle holds objects other than tensors, plain containers "
-                "and argparse.Namespace, and loading them could run arbitrary code"
+                f"and argparse.Namespace{what}, and loading them could run arbitrary code"
             ) from None
         raise UserError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
     except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
