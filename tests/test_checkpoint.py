@@ -7,12 +7,13 @@ import functools
 import os
 from pathlib import Path
 
-import jitrs
 import pytest
 import sklearn.datasets
 import torch
-from jitrs.errors import UserError
 from official_jit import OfficialJiT
+
+import jitrs
+from jitrs.errors import UserError
 
 # JiT-S/4 at 32 px: small enough to write three weight sets per test.
 SMALL = {**jitrs.JiT_models["JiT-S/4"], "num_classes": 10}
@@ -151,9 +152,7 @@ def test_weights_of_another_architecture_are_refused_naming_the_key(tmp_path: Pa
         ({"model": "JiT-S/4"}, "'args' is a dict, not the argparse.Namespace"),
     ],
 )
-def test_official_checkpoint_with_unusable_args_is_refused(
-    tmp_path: Path, args: object, message: str
-) -> None:
+def test_official_checkpoint_with_unusable_args_is_refused(tmp_path: Path, args: object, message: str) -> None:
     path = tmp_path / "checkpoint-last.pth"
     write_official(path, args=args)
     with pytest.raises(UserError, match=message):
@@ -290,9 +289,7 @@ def test_jitrs_checkpoint_of_a_newer_version_or_bad_config_is_refused(tmp_path: 
         jitrs.load_checkpoint(tmp_path / "bad.pt")
     impossible = {**jitrs.checkpoint_payload(model), "config": {**model.config, "patch_size": 5}}
     jitrs.save_checkpoint(tmp_path / "impossible.pt", impossible)
-    with pytest.raises(
-        UserError, match=r"cannot build a JiT .*input_size 32 is not a multiple of patch_size 5"
-    ):
+    with pytest.raises(UserError, match=r"cannot build a JiT .*input_size 32 is not a multiple of patch_size 5"):
         jitrs.load_checkpoint(tmp_path / "impossible.pt")
 
 
@@ -306,9 +303,7 @@ def test_safetensors_round_trip(tmp_path: Path) -> None:
         for p in model.parameters():
             p.normal_(0, 0.1)
     path = tmp_path / "jit-s4.safetensors"
-    jitrs.save_safetensors(
-        path, model, name="JiT-S/4", flow={"noise_scale": 2.0}, class_names=["cat", "dog"], step=9
-    )
+    jitrs.save_safetensors(path, model, name="JiT-S/4", flow={"noise_scale": 2.0}, class_names=["cat", "dog"], step=9)
     ckpt = jitrs.load_checkpoint(path)
     assert ckpt.config == model.config and ckpt.name == "JiT-S/4" and ckpt.noise_scale == 2.0
     assert ckpt.class_names == ["cat", "dog"] and ckpt.step == 9
