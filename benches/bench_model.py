@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> list[Result]:
         f"params, {flops / 1e9:.1f} GFLOP/img forward)   compile: {compile_}   "
         f"bf16 autocast: {device.type == 'cuda'}"
     )
-    ours_net: torch.nn.Module = torch.compile(ours) if compile_ else ours
+    # Static shapes: one graph each for the training batch and the sampler's B and 2B batches.
+    ours_net: torch.nn.Module = torch.compile(ours, dynamic=False) if compile_ else ours
     if compile_:  # the official code decorates JiTBlock.forward and FinalLayer.forward with @torch.compile
         for module in [*base.blocks, base.final_layer]:
             module.compile()
