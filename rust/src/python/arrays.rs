@@ -6,7 +6,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 /// `obj` as a numpy array, or a TypeError naming the argument (`what`, e.g. "patchify: arr").
-pub fn numpy_array<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyUntypedArray>> {
+pub fn numpy_array<'py>(
+    obj: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<Bound<'py, PyUntypedArray>> {
     match obj.cast::<PyUntypedArray>() {
         Ok(arr) => Ok(arr.clone()),
         Err(_) => Err(PyTypeError::new_err(format!(
@@ -19,7 +22,9 @@ pub fn numpy_array<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'
 /// A C-contiguous, aligned copy (numpy.ascontiguousarray), for the rare inputs the fast paths can't read.
 pub fn ascontiguous<'py>(arr: &Bound<'py, PyUntypedArray>) -> PyResult<Bound<'py, PyUntypedArray>> {
     let py = arr.py();
-    let copy = py.import(intern!(py, "numpy"))?.call_method1(intern!(py, "ascontiguousarray"), (arr,))?;
+    let copy = py
+        .import(intern!(py, "numpy"))?
+        .call_method1(intern!(py, "ascontiguousarray"), (arr,))?;
     Ok(copy.cast_into::<PyUntypedArray>()?)
 }
 
@@ -27,7 +32,14 @@ pub fn ascontiguous<'py>(arr: &Bound<'py, PyUntypedArray>) -> PyResult<Bound<'py
 pub fn shape_str(shape: &[usize]) -> String {
     match shape {
         [n] => format!("({n},)"),
-        _ => format!("({})", shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

@@ -56,9 +56,15 @@ pub fn write_pngs(
             rayon::ThreadPoolBuilder::new()
                 .num_threads(n as usize)
                 .build()
-                .map_err(|e| PyRuntimeError::new_err(format!("write_pngs: cannot start {n} threads: {e}")))?,
+                .map_err(|e| {
+                    PyRuntimeError::new_err(format!("write_pngs: cannot start {n} threads: {e}"))
+                })?,
         ),
-        Some(n) => return Err(PyValueError::new_err(format!("write_pngs: threads must be >= 1, got {n}"))),
+        Some(n) => {
+            return Err(PyValueError::new_err(format!(
+                "write_pngs: threads must be >= 1, got {n}"
+            )))
+        }
     };
     let arr = contiguous_u8(arr, "write_pngs: images")?;
     let readonly = arr.readonly();
@@ -67,9 +73,20 @@ pub fn write_pngs(
     let jobs: Vec<(PathBuf, Image)> = paths
         .into_iter()
         .zip(data.chunks_exact(per_image.max(1)))
-        .map(|(path, data)| (path, Image { data, width, height, grey }))
+        .map(|(path, data)| {
+            (
+                path,
+                Image {
+                    data,
+                    width,
+                    height,
+                    grey,
+                },
+            )
+        })
         .collect();
-    py.detach(|| png::write_pngs(&jobs, pool.as_ref())).map_err(|e| to_pyerr("write_pngs", e))
+    py.detach(|| png::write_pngs(&jobs, pool.as_ref()))
+        .map_err(|e| to_pyerr("write_pngs", e))
 }
 
 /// Write one image as a PNG file, atomically (see `write_pngs`).
@@ -92,8 +109,14 @@ pub fn write_png(py: Python<'_>, path: PathBuf, image: &Bound<'_, PyAny>) -> PyR
     let (width, height) = png_size("write_png: image", &shape, shape[1], shape[0])?;
     let arr = contiguous_u8(arr, "write_png: image")?;
     let readonly = arr.readonly();
-    let image = Image { data: readonly.as_slice()?, width, height, grey };
-    py.detach(|| png::write_png(&path, &image, &mut Vec::new())).map_err(|e| to_pyerr("write_png", e))
+    let image = Image {
+        data: readonly.as_slice()?,
+        width,
+        height,
+        grey,
+    };
+    py.detach(|| png::write_png(&path, &image, &mut Vec::new()))
+        .map_err(|e| to_pyerr("write_png", e))
 }
 
 /// `paths` as a list; a lone str/bytes/PathLike is refused rather than iterated character by character.
@@ -118,8 +141,14 @@ fn path_list(paths: &Bound<'_, PyAny>) -> PyResult<Vec<PathBuf>> {
         .map(|(i, item)| {
             let item = item?;
             item.extract::<PathBuf>().map_err(|_| {
-                let kind = item.get_type().name().map(|n| n.to_string()).unwrap_or_default();
-                PyTypeError::new_err(format!("write_pngs: paths[{i}] must be a str or os.PathLike, got {kind}"))
+                let kind = item
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default();
+                PyTypeError::new_err(format!(
+                    "write_pngs: paths[{i}] must be a str or os.PathLike, got {kind}"
+                ))
             })
         })
         .collect()
@@ -138,9 +167,15 @@ fn png_size(what: &str, shape: &[usize], width: usize, height: usize) -> PyResul
 }
 
 /// The array as a C-contiguous uint8 array (copied only if it isn't one), else a TypeError naming the dtype.
-fn contiguous_u8<'py>(arr: Bound<'py, PyUntypedArray>, what: &str) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
+fn contiguous_u8<'py>(
+    arr: Bound<'py, PyUntypedArray>,
+    what: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
     let Ok(typed) = arr.cast::<PyArrayDyn<u8>>() else {
-        return Err(PyTypeError::new_err(format!("{what} must have dtype uint8, got {}", dtype_str(&arr)?)));
+        return Err(PyTypeError::new_err(format!(
+            "{what} must have dtype uint8, got {}",
+            dtype_str(&arr)?
+        )));
     };
     if typed.is_c_contiguous() {
         return Ok(typed.clone());
