@@ -154,7 +154,7 @@ pub fn unpatchify<T: Copy + Send + Sync>(
     check_grid(height, width, p)?;
     let (gh, gw) = (height / p, width / p);
     let pp = p * p;
-    if n != gh * gw || d % pp != 0 || d == 0 {
+    if n != gh * gw || !d.is_multiple_of(pp) || d == 0 {
         return Err(PatchError::TokenShape {
             tokens: n,
             token_len: d,
@@ -183,7 +183,7 @@ fn check_grid(height: usize, width: usize, p: usize) -> Result<(), PatchError> {
     if p == 0 {
         return Err(PatchError::PatchSize(p));
     }
-    if height % p != 0 || width % p != 0 {
+    if !height.is_multiple_of(p) || !width.is_multiple_of(p) {
         return Err(PatchError::NotMultiple { height, width, p });
     }
     Ok(())
@@ -257,6 +257,7 @@ fn transpose<T: Copy, const K: usize>(src: &[T], base: isize, col_stride: isize,
 /// `Inner::Gather` with a stride of `K` elements.
 #[inline]
 fn gather<T: Copy, const K: usize>(src: &[T], base: isize, out: &mut [T]) {
+    // Gather runs always have len >= 2: Plan drops unit axes.
     let len = out.len();
     let start = base as usize;
     // The last element read is at (len-1)*K; reading whole K-chunks could run past the buffer.
@@ -535,6 +536,38 @@ mod tests {
         let mut out = vec![0; chw.len()];
         patchify(&view, p, &mut out).unwrap();
         assert_eq!(out, reference_patchify(&hwc, b, h, w, c, p));
+    }
+
+    /// Every channel count hits a different inner kernel: the fixed 2/3/4-channel transposes and
+    /// gathers, and the generic ones (5, 6 channels).
+    #[test]
+    fn channel_first_every_channel_count() {
+        for c in 1..=6 {
+            for p in 1..=3 {
+                let (b, h, w) = (2, 2 * p, 3 * p);
+                let hwc = iota(b * h * w * c);
+                let mut chw = vec![0; hwc.len()];
+                for (i, &v) in hwc.iter().enumerate() {
+                    let (ch, x, y, bi) = (i % c, i / c % w, i / (c * w) % h, i / (c * w * h));
+                    chw[((bi * c + ch) * h + y) * w + x] = v;
+                }
+                let (hw, chw_len) = ((h * w) as isize, (c * h * w) as isize);
+                let view =
+                    Strided::new(&chw, 0, [b, h, w, c], [chw_len, w as isize, 1, hw]).unwrap();
+                let mut tokens = vec![0; hwc.len()];
+                patchify(&view, p, &mut tokens).unwrap();
+                assert_eq!(
+                    tokens,
+                    reference_patchify(&hwc, b, h, w, c, p),
+                    "c={c} p={p}"
+                );
+                let tview =
+                    Strided::contiguous(&tokens, [b, (h / p) * (w / p), p * p * c]).unwrap();
+                let mut back = vec![0; hwc.len()];
+                unpatchify(&tview, p, h, w, false, &mut back).unwrap();
+                assert_eq!(back, chw, "c={c} p={p}");
+            }
+        }
     }
 
     #[test]

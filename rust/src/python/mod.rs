@@ -9,7 +9,14 @@ mod tokens;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // So a benchmark can refuse to report numbers from a debug build.
-    m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    m.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     m.add_function(wrap_pyfunction!(tokens::patchify, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::unpatchify, m)?)?;
     m.add_function(wrap_pyfunction!(png::write_pngs, m)?)?;
