@@ -10,7 +10,7 @@
 //! Only the pixels the crop keeps are computed: the kept output ranges are walked back through the
 //! resize steps to find the input rectangle each step needs (see `resample`).
 
-use crate::resample::{horizontal, vertical, vertical_first, AxisTaps, Filter, Plane};
+use crate::resample::{horizontal, vertical, vertical_first, AxisTaps, Column, Filter, Plane};
 
 /// The taps of one resize of the ADM chain, for the outputs that later steps use.
 #[derive(Default)]
@@ -28,7 +28,7 @@ pub struct Scratch {
     /// Output of the previous step and of the current one.
     current: Vec<u8>,
     next: Vec<u8>,
-    block: Vec<u8>,
+    block: Vec<Column>,
     acc: Vec<i32>,
 }
 
