@@ -292,4 +292,31 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn reused_scratch_gives_the_same_crops() {
+        let mut scratch = Scratch::default();
+        let cases = [
+            (123, 77, 32, false),
+            (123, 77, 32, true),
+            (64, 200, 16, false),
+            (500, 375, 40, true),
+        ];
+        for &(w, h, size, flip) in cases
+            .iter()
+            .chain(&cases)
+            .chain(&[(123, 77, 32, false), (9, 9, 9, false)])
+        {
+            let src: Vec<u8> = (0..w * h * 3)
+                .map(|i| ((i * 2654435761usize) >> 9) as u8)
+                .collect();
+            let mut reused = vec![0; size * size * 3];
+            center_crop_into(&src, w, h, size, flip, &mut reused, &mut scratch);
+            assert_eq!(
+                reused,
+                crop(&src, w, h, size, flip),
+                "{w}x{h} -> {size} flip {flip}"
+            );
+        }
+    }
 }

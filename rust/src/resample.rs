@@ -150,6 +150,8 @@ pub struct AxisTaps {
     unpadded: Vec<i32>,
     spans: Vec<(usize, usize)>,
     doubles: Vec<f64>,
+    /// The arguments of the last `build`: images of one size repeat, and so do their taps.
+    built_for: Option<(usize, usize, Filter, Range<usize>, bool)>,
 }
 
 impl AxisTaps {
@@ -162,6 +164,11 @@ impl AxisTaps {
         kept: Range<usize>,
         reversed: bool,
     ) {
+        let key = Some((in_size, out_size, filter, kept.clone(), reversed));
+        if self.built_for == key {
+            return;
+        }
+        self.built_for = key;
         self.unpadded.clear();
         self.spans.clear();
         let (mut lo, mut hi, mut k) = (usize::MAX, 0, 0);
@@ -263,7 +270,11 @@ pub fn horizontal(src: &Plane, taps: &AxisTaps, block: &mut Vec<Column>, dst: &m
     debug_assert_eq!(src.width, taps.hi - taps.lo);
     debug_assert!(dst.len() >= src.rows * taps.len() * 3);
     if taps.halves {
-        dispatch!(horizontal_halves, horizontal_halves_avx2, (src, taps, dst))
+        dispatch!(
+            horizontal_halves,
+            horizontal_halves_avx2,
+            (src, taps, block, dst)
+        )
     } else {
         dispatch!(
             horizontal_blocks_portable,
@@ -275,31 +286,40 @@ pub fn horizontal(src: &Plane, taps: &AxisTaps, block: &mut Vec<Column>, dst: &m
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn horizontal_halves_avx2(src: &Plane, taps: &AxisTaps, dst: &mut [u8]) {
-    horizontal_halves(src, taps, dst)
+fn horizontal_halves_avx2(src: &Plane, taps: &AxisTaps, block: &mut Vec<Column>, dst: &mut [u8]) {
+    horizontal_halves(src, taps, block, dst)
 }
 
 #[inline(always)]
-fn horizontal_halves(src: &Plane, taps: &AxisTaps, dst: &mut [u8]) {
-    let dst_stride = taps.len() * 3;
+fn horizontal_halves(src: &Plane, taps: &AxisTaps, block: &mut Vec<Column>, dst: &mut [u8]) {
+    let n_out = taps.len();
+    let dst_stride = n_out * 3;
     let first = taps.starts[0];
     let consecutive = taps
         .starts
         .iter()
         .enumerate()
         .all(|(i, &start)| start == first + 2 * i);
+    // Scratch for the averages of every byte with the same byte of the next pixel.
+    let span = n_out * 6;
+    block.resize(span.div_ceil(size_of::<Column>()), [[0; 4]; BLOCK_ROWS]);
+    let pairs = &mut block.as_flattened_mut().as_flattened_mut()[..span - 3];
     for r in 0..src.rows {
         let row = src.row(r);
-        let (out, _) = dst[r * dst_stride..][..dst_stride].as_chunks_mut::<3>();
+        let out = &mut dst[r * dst_stride..][..dst_stride];
         if consecutive {
-            let (pairs, _) = row[first * 3..].as_chunks::<6>();
-            for (px, pair) in out.iter_mut().zip(pairs) {
-                for c in 0..3 {
-                    px[c] = average(pair[c], pair[c + 3]);
-                }
+            // Average the whole span in one vectorisable pass, then keep the first pixel of each pair.
+            let row = &row[first * 3..first * 3 + span];
+            for ((p, &a), &b) in pairs.iter_mut().zip(row).zip(&row[3..]) {
+                *p = average(a, b);
             }
+            let (rest, last) = out.split_at_mut(dst_stride - 3);
+            for (o, p) in rest.chunks_exact_mut(3).zip(pairs.chunks_exact(6)) {
+                o.copy_from_slice(&p[..3]);
+            }
+            last.copy_from_slice(&pairs[span - 6..span - 3]);
         } else {
-            for (px, &start) in out.iter_mut().zip(&taps.starts) {
+            for (px, &start) in out.chunks_exact_mut(3).zip(&taps.starts) {
                 let pair = &row[start * 3..start * 3 + 6];
                 for c in 0..3 {
                     px[c] = average(pair[c], pair[c + 3]);
@@ -621,6 +641,14 @@ mod tests {
         let mut backward = taps.starts.clone();
         backward.reverse();
         assert_eq!(forward, backward);
+        // Reusing the tables for the same arguments, rebuilding them for others.
+        taps.build(100, 50, Filter::Bicubic, 10..20, true);
+        assert_eq!(taps.starts.first(), backward.last());
+        taps.build(100, 50, Filter::Box, 10..20, false);
+        assert_eq!(
+            (taps.lo(), taps.k, taps.starts[0], taps.halves),
+            (20, 2, 0, true)
+        );
     }
 
     /// Straightforward per-pixel resample of one channel along rows, as Pillow loops it.
@@ -660,6 +688,12 @@ mod tests {
             };
             let mut dst = vec![0; rows * taps.len() * 3];
             horizontal(&plane, &taps, &mut Vec::new(), &mut dst);
+            // The dispatched kernel may be the AVX2 one; the portable one must agree.
+            let mut portable = vec![0; dst.len()];
+            if !taps.halves {
+                horizontal_blocks_portable(&plane, &taps, &mut Vec::new(), &mut portable);
+                assert_eq!(portable, dst);
+            }
             for r in 0..rows {
                 for c in 0..3 {
                     let channel: Vec<u8> =

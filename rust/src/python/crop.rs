@@ -1,11 +1,18 @@
 //! `center_crop`: the Pillow-exact ADM center crop of one image.
 
+use std::cell::RefCell;
+
 use numpy::ndarray::Array3;
 use numpy::{PyArray3, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::crop::{center_crop_into, Scratch};
+
+thread_local! {
+    /// Buffers and coefficient tables kept between calls, as `load_batch` keeps one per worker.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
 
 /// Largest output side accepted: a bigger crop is surely a mistake and its buffers would not fit in memory.
 const MAX_SIZE: i64 = 1 << 16;
@@ -61,15 +68,9 @@ pub fn center_crop<'py>(
     };
     let out = py.detach(|| {
         let mut out = vec![0; size * size * 3];
-        center_crop_into(
-            src,
-            width,
-            height,
-            size,
-            flip,
-            &mut out,
-            &mut Scratch::default(),
-        );
+        SCRATCH.with_borrow_mut(|scratch| {
+            center_crop_into(src, width, height, size, flip, &mut out, scratch)
+        });
         out
     });
     let out = Array3::from_shape_vec((size, size, 3), out)
