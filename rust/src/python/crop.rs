@@ -14,8 +14,9 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Largest output side accepted: a bigger crop is surely a mistake and its buffers would not fit in memory.
-const MAX_SIZE: i64 = 1 << 16;
+/// Largest output side accepted (a 192 MiB crop): anything bigger is surely a mistake, and allocating it
+/// could abort the process instead of raising.
+const MAX_SIZE: i64 = 8192;
 
 /// ADM center crop (ADM, DiT, EDM2, official JiT) of `img`, an (H, W, 3) uint8 array of any strides, to a
 /// new (size, size, 3) uint8 array, mirrored left-right when `flip`. Bit-exact with Pillow's BOX/BICUBIC.
