@@ -11,8 +11,9 @@ BUILD_PROFILE: str
 def center_crop(img: NDArray[np.uint8], size: int, *, flip: bool = False) -> NDArray[np.uint8]:
     """ADM center crop (ADM, DiT, EDM2, official JiT) of one RGB image, bit-exact with Pillow >= 13.
 
-    (Older Pillow always resized horizontally first; for images more than about twice as tall as wide the
-    result then differs from theirs by at most 1 at some pixels.)
+    Pillow 13 resizes images more than about twice as tall as wide vertically first; older Pillow always
+    went horizontally first, so for such images older Pillow's crops differ (about 10% of values, by a few
+    levels).
 
     Halves the image with Pillow's BOX filter while its short side is at least 2*size, resizes it with
     BICUBIC so the short side is size, and keeps the central size×size square, mirrored left-right when
