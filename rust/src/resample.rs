@@ -2,11 +2,11 @@
 //! RGB, but evaluated only for the output pixels a caller keeps.
 //!
 //! Pillow resizes in two passes, rounding to `u8` in between: horizontal first, except (since Pillow 13,
-//! python-pillow/Pillow#9549) when the height shrinks by more than twice as many pixels as the width. Each output sample is a
-//! fixed-point dot product of its own input taps, so computing a subset of outputs gives exactly the values
-//! the full resize would. Coefficients follow `precompute_coeffs` + `normalize_coeffs_8bpc`: weights in
-//! double, normalised by their sum, then rounded away from zero to 22-bit fixed point; the accumulator starts
-//! at one half and the result is clipped to 0..=255.
+//! python-pillow/Pillow#9549) when the height shrinks by more than twice as many pixels as the width.
+//! Each output sample is a fixed-point dot product of its own input taps, so computing a subset of outputs
+//! gives exactly the values the full resize would. Coefficients follow `precompute_coeffs` and
+//! `normalize_coeffs_8bpc`: weights in double, normalised by their sum, then rounded away from zero to
+//! 22-bit fixed point; the accumulator starts at one half and the result is clipped to 0..=255.
 
 use std::ops::Range;
 
@@ -231,7 +231,8 @@ impl AxisTaps {
     }
 }
 
-/// A rectangle of an interleaved RGB `u8` image: `rows` rows of `width` pixels, row `r` at `data[r * stride..]`.
+/// A rectangle of an interleaved RGB `u8` image: `rows` rows of `width` pixels, row `r` at
+/// `data[r * stride..]`.
 #[derive(Clone, Copy)]
 pub struct Plane<'a> {
     pub data: &'a [u8],
@@ -246,8 +247,9 @@ impl Plane<'_> {
     }
 }
 
-/// Calls `$kernel` compiled for AVX2 when the CPU has it, else `$generic` (the same code for the baseline
-/// target). Pillow's 32-bit products vectorise only with a native `i32` multiply, which baseline x86-64 lacks.
+/// Calls `$kernel` compiled for AVX2 when the CPU has it, else `$generic` (the code for the baseline
+/// target). Pillow's 32-bit products vectorise only with a native `i32` multiply, which baseline x86-64
+/// lacks.
 macro_rules! dispatch {
     ($generic:ident, $kernel:ident, ($($arg:expr),*)) => {{
         #[cfg(target_arch = "x86_64")]
@@ -382,13 +384,14 @@ fn horizontal_blocks(
             let row = src.row(r0 + r);
             // Four bytes at a time: the fourth is the next pixel's first, and ignored. The last pixel
             // has no byte after it.
-            let (pixels, _) = row.as_chunks::<3>();
-            let (last, rest) = block.split_last_mut().unwrap_or_else(|| unreachable!());
+            let Some((last, rest)) = block.split_last_mut() else {
+                return;
+            };
             for (column, quad) in rest.iter_mut().zip(row.windows(4).step_by(3)) {
                 column[r].copy_from_slice(quad);
             }
-            let [r_, g, b] = pixels[pixels.len() - 1];
-            last[r] = [r_, g, b, 0];
+            let tail = &row[row.len() - 3..];
+            last[r] = [tail[0], tail[1], tail[2], 0];
         }
         let out = &mut dst[r0 * dst_stride..];
         for (i, (&start, weights)) in taps
