@@ -9,6 +9,7 @@ generated points are scored in 2-D (Pᵀx, distance to the nearest true data poi
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -100,7 +101,7 @@ class ToyMLP(nn.Module):
         super().__init__()
         widths = [dim + 1] + [hidden] * (layers - 1) + [dim]
         mods: list[nn.Module] = []
-        for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        for i, (w_in, w_out) in enumerate(itertools.pairwise(widths)):
             if i:
                 mods.append(nn.ReLU())
             mods.append(nn.Linear(w_in, w_out))
