@@ -31,8 +31,8 @@ def main() -> None:
 
 
 @app.callback()
-def _commands() -> None:
-    """Train and sample JiT pixel-diffusion models."""
+def _group() -> None:
+    """Keeps every command a subcommand (`jitrs toy ...`), even while only one is registered."""
 
 
 app.command("toy")(toy)
