@@ -106,6 +106,7 @@ def test_mlp_is_the_papers_five_layer_relu_net() -> None:
     [
         ({"dims": (2, 1)}, "--dims"),
         ({"dims": ()}, "--dims"),
+        ({"dims": (8, 2, 8)}, "twice"),
         ({"train_steps": 0}, "--train-steps"),
         ({"sample_steps": 0}, "--sample-steps"),
         ({"samples": -3}, "--samples"),

@@ -63,6 +63,8 @@ class ToyConfig:
         bad = [d for d in self.dims if d < 2]
         if bad:
             raise UserError(f"--dims: every D must be at least 2 (the data is 2-D), got {bad[0]}.")
+        if len(set(self.dims)) != len(self.dims):
+            raise UserError(f"--dims lists a dimension twice: {','.join(map(str, self.dims))}.")
         for name in ("train_steps", "batch_size", "sample_steps", "samples", "reference", "threads"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
