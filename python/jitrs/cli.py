@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from jitrs.errors import UserError
+from jitrs.toy_cli import toy
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -27,3 +28,11 @@ def main() -> None:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         sys.exit(130)
+
+
+@app.callback()
+def _group() -> None:
+    """Keeps every command a subcommand (`jitrs toy ...`), even while only one is registered."""
+
+
+app.command("toy")(toy)
