@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from jitrs.errors import UserError
+from jitrs.train_cli import train_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,6 +16,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train and sample JiT pixel-diffusion models.",
 )
+app.command("train")(train_command)
+
+
+@app.callback()
+def _commands() -> None:
+    """Keep subcommands (`jitrs train ...`) even while only one is registered."""
 
 
 def main() -> None:
