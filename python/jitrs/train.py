@@ -394,9 +394,6 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
     use_bf16 = cuda if cfg.bf16 is None else cfg.bf16
     use_compile = cuda if cfg.compile is None else cfg.compile
     flow = Flow(cfg.p_mean, cfg.p_std, s.noise_scale, cfg.t_eps, cfg.label_drop)
-    log = RunLog(run_dir, resume[1].step if resume else 0, s.total_steps, d.main)
-    if d.device.type == "cpu":
-        log.print("[yellow]warning:[/] training on the CPU; this is only practical for tiny models (--demo)")
 
     # ---------------------------------------------------------------- model, EMAs, optimiser
     torch.manual_seed(cfg.seed)
@@ -407,6 +404,9 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
     if base is not None:
         model.load_state_dict(base.weights["model"], strict=True)
     model.to(d.device)
+    log = RunLog(run_dir, resume[1].step if resume else 0, s.total_steps, d.main)
+    if d.device.type == "cpu":
+        log.print("[yellow]warning:[/] training on the CPU; this is only practical for tiny models (--demo)")
     ema1, ema2 = EMA(model, cfg.ema1), EMA(model, cfg.ema2)
     if base is not None:
         for ema, key in ((ema1, "ema1"), (ema2, "ema2")):

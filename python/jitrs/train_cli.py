@@ -132,16 +132,23 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 
 
 def build_config(
-    explicit: dict[str, Any], config_file: Path | None, demo: bool, defaults: dict[str, Any]
+    explicit: dict[str, Any], file_options: dict[str, Any], demo: bool, defaults: dict[str, Any]
 ) -> TrainConfig:
     """Merge the layers (see the module docstring). `explicit` holds only the flags given on the command line."""
     merged = dict(defaults)
-    file_options = read_config_file(config_file) if config_file is not None else {}
+    file_options = dict(file_options)
     if demo or file_options.pop("demo", False):
         merged.update(DEMO)
     merged.update(file_options)
     merged.update(explicit)
     return TrainConfig(**merged)
+
+
+def resumed_defaults(resume: str, saved: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """The defaults of a resumed run: the run's own saved options, writing on into the checkpoint's directory."""
+    defaults = {k: v for k, v in saved.items() if k in _FIELDS}
+    defaults.update(resume=resume, out=str(checkpoint.parent))
+    return defaults
 
 
 Opt = typer.Option
@@ -228,7 +235,13 @@ def train_command(
             explicit["model_args"] = parse_model_args(value or [])
         else:
             explicit[name] = value
-    cfg = build_config(explicit, config, demo, D.to_dict())
-    from jitrs.train import train
+    from jitrs.train import load_resume, train
 
-    train(cfg)
+    file_options = read_config_file(config) if config is not None else {}
+    resume_path = explicit.get("resume", file_options.get("resume"))
+    if resume_path is None:
+        train(build_config(explicit, file_options, demo, D.to_dict()))
+        return
+    checkpoint, ckpt = load_resume(resume_path)
+    defaults = resumed_defaults(resume_path, ckpt.raw["train_config"], checkpoint)
+    train(build_config(explicit, file_options, demo, defaults), resume=(checkpoint, ckpt))
