@@ -41,8 +41,7 @@ def test_plan_same_global_batch_same_sub_batches_whatever_the_split() -> None:
     """2 ranks × 1 micro-step and 1 rank × 2 micro-steps decode the same images under the same sub-batch ids."""
     n = 50
     two_ranks = {
-        Plan(n, 5, accum=1, world_size=2, rank=r).sub_batch(3, 0): Plan(n, 5, 1, 2, r).positions(3, 0)
-        for r in range(2)
+        Plan(n, 5, accum=1, world_size=2, rank=r).sub_batch(3, 0): Plan(n, 5, 1, 2, r).positions(3, 0) for r in range(2)
     }
     one_rank = {Plan(n, 5, accum=2).sub_batch(3, a): Plan(n, 5, accum=2).positions(3, a) for a in range(2)}
     assert two_ranks == one_rank

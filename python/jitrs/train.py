@@ -591,7 +591,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
         stopped = done < s.total_steps
         if d.main:
             last_ckpt = checkpoint(done)
-            if not stopped:
+            if cfg.sample_every and not stopped:
                 last_samples = sample_grid(done)
             plot_loss(log.metrics, run_dir / "loss.png")
     finally:
