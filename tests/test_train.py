@@ -211,8 +211,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, env) 
         check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    m = re.search(r"error: the loss became (nan|inf) by step (\d+); stopping without saving; the last good checkpoint is (\S+)",
-                  proc.stderr)  # fmt: skip
+    pattern = (
+        r"error: the loss became (nan|inf) by step (\d+); stopping without saving; the last good checkpoint is (\S+)"
+    )
+    m = re.search(pattern, proc.stderr)
     assert m, proc.stderr
     bad_step = int(m.group(2))
     assert steps_of(out) == list(range(1, bad_step))
@@ -233,8 +235,8 @@ def test_init_starts_from_the_given_weights(tmp_path: Path, env) -> None:
 
 
 def test_demo_preset_runs(tmp_path: Path, env) -> None:
-    proc = run(["--demo", "--steps", "2", "--sample-every", "2", "--sample-steps", "2", "--out", str(tmp_path / "demo")],
-               env)  # fmt: skip
+    out = tmp_path / "demo"
+    proc = run(["--demo", "--steps", "2", "--sample-every", "2", "--sample-steps", "2", "--out", str(out)], env)
     ckpt = torch.load(tmp_path / "demo" / "checkpoint-0000002.pt", weights_only=True)
     assert ckpt["train_config"]["data"] == "digits" and ckpt["config"]["input_size"] == 16
     assert "samples:" in proc.stderr and (tmp_path / "demo" / "samples" / "step-0000002.png").is_file()
