@@ -136,6 +136,14 @@ def test_unaligned_and_byteswapped_inputs():
     np.testing.assert_array_equal(tokens, ref_patchify(x, 4))
 
 
+def test_broadcast_and_read_only_inputs():
+    x = np.broadcast_to(np.arange(3, dtype=np.float32), (2, 4, 4, 3))  # zero strides
+    np.testing.assert_array_equal(jitrs.patchify(x, 2), ref_patchify(x, 2))
+    y = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    y.flags.writeable = False
+    np.testing.assert_array_equal(jitrs.patchify(y, 2), ref_patchify(y, 2))
+
+
 def test_empty_batch():
     x = np.zeros((0, 32, 32, 3), np.uint8)
     assert jitrs.patchify(x, 16).shape == (0, 4, 768)
