@@ -199,7 +199,7 @@ class Loader:
         _, errors = jitrs.load_batch(
             self._paths[ids].tolist(),
             self.size,
-            flip=flips[where],
+            flip=flips[where].tolist(),
             threads=self.threads,
             out=out,
             on_error="skip",

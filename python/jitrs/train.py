@@ -391,6 +391,9 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
     s = resolve(cfg, len(index), len(index.classes), d.world, base.config if base else None)
     plan = Plan(len(index), cfg.batch_size, s.accum, d.world, d.rank, cfg.seed)
     cuda = d.device.type == "cuda"
+    if cuda:  # TF32 for what runs outside bf16 autocast, as DiT does
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     use_bf16 = cuda if cfg.bf16 is None else cfg.bf16
     use_compile = cuda if cfg.compile is None else cfg.compile
     flow = Flow(cfg.p_mean, cfg.p_std, s.noise_scale, cfg.t_eps, cfg.label_drop)
