@@ -18,8 +18,9 @@ import time
 import warnings
 from collections.abc import Callable
 
-import jitrs
 import numpy as np
+
+import jitrs
 
 
 def machine() -> str:
@@ -90,12 +91,8 @@ def main() -> None:
                 best_seconds(lambda t=tokens, p=p, h=h, w=w: numpy_unpatchify(t, p, h, w), args.repeats),
             ),
             "patchify channel-first": (
-                best_seconds(
-                    lambda c=channel_first, p=p: jitrs.patchify(c, p, channels_last=False), args.repeats
-                ),
-                best_seconds(
-                    lambda c=channel_first, p=p: numpy_patchify(c.transpose(0, 2, 3, 1), p), args.repeats
-                ),
+                best_seconds(lambda c=channel_first, p=p: jitrs.patchify(c, p, channels_last=False), args.repeats),
+                best_seconds(lambda c=channel_first, p=p: numpy_patchify(c.transpose(0, 2, 3, 1), p), args.repeats),
             ),
             "unpatchify channel-first": (
                 best_seconds(

@@ -17,11 +17,12 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import jitrs
 import matplotlib
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_sample_image
+
+import jitrs
 
 
 def machine() -> str:
@@ -50,9 +51,7 @@ def crops(size: int, count: int) -> np.ndarray:
         h, w = photo.shape[:2]
         scale = max(1.0, 1.25 * size / min(h, w))
         if scale > 1:
-            resized = Image.fromarray(photo).resize(
-                (round(w * scale), round(h * scale)), Image.Resampling.BICUBIC
-            )
+            resized = Image.fromarray(photo).resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC)
             photo = np.array(resized)
         sources.append(photo)
     out = []
@@ -114,9 +113,7 @@ def main() -> None:
             pillow_rate = results["Pillow save (default, level 6)"][0]
             pillow_size = results["Pillow save (default, level 6)"][1]
             for name, (rate, size_bytes) in results.items():
-                rows.append(
-                    (f"{size}x{size}", name, rate, rate / pillow_rate, size_bytes, size_bytes / pillow_size)
-                )
+                rows.append((f"{size}x{size}", name, rate, rate / pillow_rate, size_bytes, size_bytes / pillow_size))
 
     print(f"{'size':8}  {'writer':32}  {'images/s':>9}  {'vs Pillow':>9}  ", end="")
     print(f"{'KiB/file':>9}  {'size vs Pillow':>14}")

@@ -1,6 +1,6 @@
 """Run every CPU benchmark in benches/, one after another, each side by side with its baseline.
 
-    python benches/run_all.py            # what `make bench` runs
+python benches/run_all.py            # what `make bench` runs
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """jitrs.patchify / jitrs.unpatchify against numpy reshape/transpose and JiT's own unpatchify."""
 
-import jitrs
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import jitrs
 
 DTYPES = [np.uint8, np.float16, np.float32, np.float64]
 
