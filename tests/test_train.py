@@ -245,7 +245,8 @@ def test_demo_preset_runs(tmp_path: Path, env) -> None:
 @pytest.mark.slow
 def test_full_demo(tmp_path: Path, env) -> None:
     proc = run(["--demo", "--out", str(tmp_path / "demo")], env, timeout=3600)
-    assert losses(tmp_path / "demo")[1200] < losses(tmp_path / "demo")[10]
+    curve = losses(tmp_path / "demo")
+    assert curve[1000] < 0.5 * curve[10]
     assert "samples:" in proc.stderr
 
 
