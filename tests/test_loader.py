@@ -11,7 +11,7 @@ from PIL import Image
 
 from jitrs.dataset import build_index
 from jitrs.errors import UserError
-from jitrs.loader import Loader, Plan
+from jitrs.loader import Batch, Loader, Plan
 
 SIZE = 8
 CPU = torch.device("cpu")
@@ -88,16 +88,19 @@ def as_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def test_loader_delivers_shuffled_flipped_scaled_batches(folder) -> None:
+@pytest.mark.parametrize("device", [CPU, pytest.param(torch.device("cuda"), marks=pytest.mark.gpu)])
+def test_loader_delivers_shuffled_flipped_scaled_batches(folder, device: torch.device) -> None:
     root, pixels = folder
     index = build_index(root)
     plan = Plan(len(index), micro_batch=4, accum=2, seed=11)  # 21 images, 2 steps per epoch
-    with Loader(index, SIZE, plan, CPU, workers=2, depth=2) as loader:
+    with Loader(index, SIZE, plan, device, workers=2, depth=2) as loader:
         got = []
         for batch in loader:
+            assert batch.x.device.type == device.type
             got.append(batch)
             if len(got) == 10:
                 break
+    got = [Batch(b.x.cpu(), b.y.cpu(), b.step, b.accum_index, b.epoch) for b in got]
     flipped = 0
     for k, batch in enumerate(got):
         step, a = divmod(k, 2)

@@ -148,7 +148,8 @@ def test_run_directory_contents(tmp_path: Path, env) -> None:
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # log every 2 steps, plus a read-back before each checkpoint
     assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 and r["bad_images"] == 0 for r in rows)
     with Image.open(out / "samples" / "step-0000004.png") as grid:
-        assert grid.size == (10 * 64, 4 * 64) and grid.mode == "RGB"  # 4 rows × 10 classes, 16 px tiles at 64 px
+        # 4 rows × 10 classes of 16 px tiles shown at 64 px, 2 px apart
+        assert grid.size == (10 * 66 - 2, 4 * 66 - 2) and grid.mode == "RGB"
     with Image.open(out / "loss.png") as curve:
         assert curve.format == "PNG"
     assert list((out / "tb").glob("events.out.tfevents.*"))
@@ -242,6 +243,19 @@ def test_demo_preset_runs(tmp_path: Path, env) -> None:
     assert "samples:" in proc.stderr and (tmp_path / "demo" / "samples" / "step-0000002.png").is_file()
 
 
+@pytest.mark.gpu
+def test_cuda_run_with_compile_and_bf16(tmp_path: Path, env) -> None:
+    out = tmp_path / "run"
+    args = [*TINY, "--data", "digits", "--batch-size", "16", "--log-every", "1", "--sample-every", "2"]
+    run([*args, "--steps", "2", "--out", str(out)], env)  # compile and bf16 are on by default on CUDA
+    run(["--resume", str(out), "--steps", "4"], env)
+    curve = losses(out)
+    assert list(curve) == [1, 2, 3, 4] and all(np.isfinite(v) for v in curve.values())
+    ckpt = jitrs.load_checkpoint(out / "checkpoint-0000004.pt")
+    assert ckpt.build("ema1").num_classes == 10 and ckpt.raw["train_config"]["compile"] is None
+    assert (out / "samples" / "step-0000004.png").is_file()
+
+
 @pytest.mark.slow
 def test_full_demo(tmp_path: Path, env) -> None:
     proc = run(["--demo", "--out", str(tmp_path / "demo")], env, timeout=3600)
@@ -332,9 +346,10 @@ def test_ema_update_is_the_exponential_average() -> None:
 
 
 def test_image_grid_places_tiles_row_major() -> None:
-    tiles = np.stack([np.full((2, 2, 3), i, np.uint8) for i in range(6)])
-    grid = image_grid(tiles, rows=2, cols=3, min_tile=4)
-    assert grid.shape == (8, 12, 3)
-    assert (
-        grid[0, 0, 0] == 0 and grid[0, 4, 0] == 1 and grid[0, 11, 0] == 2 and grid[4, 0, 0] == 3 and grid[7, 11, 0] == 5
-    )
+    tiles = np.stack([np.full((2, 2, 3), 10 * i, np.uint8) for i in range(6)])
+    grid = image_grid(tiles, rows=2, cols=3, min_tile=4, pad=1)
+    assert grid.shape == (2 * 4 + 1, 3 * 4 + 2, 3)
+    tile_at = {(r, c): grid[r * 5 : r * 5 + 4, c * 5 : c * 5 + 4] for r in range(2) for c in range(3)}
+    for (r, c), tile in tile_at.items():
+        assert (tile == 10 * (3 * r + c)).all()
+    assert (grid[4, :] == 255).all() and (grid[:, 4] == 255).all() and (grid[:, 9] == 255).all()

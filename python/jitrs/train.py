@@ -129,12 +129,16 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return img.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def image_grid(images: np.ndarray, rows: int, cols: int, min_tile: int = 64) -> np.ndarray:
-    """(rows·cols, S, S, 3) uint8 -> one (H, W, 3) grid, tiles upscaled (nearest) to at least min_tile px."""
+def image_grid(images: np.ndarray, rows: int, cols: int, min_tile: int = 64, pad: int = 2) -> np.ndarray:
+    """(rows·cols, S, S, 3) uint8 -> one (H, W, 3) grid, tiles upscaled (nearest) to at least min_tile px and
+    separated by `pad` white pixels."""
     s = images.shape[1]
     k = max(1, min_tile // s)
     tiles = images.reshape(rows, cols, s, s, 3).repeat(k, axis=2).repeat(k, axis=3)
-    return np.ascontiguousarray(tiles.transpose(0, 2, 1, 3, 4).reshape(rows * s * k, cols * s * k, 3))
+    tiles = np.pad(tiles, ((0, 0), (0, 0), (0, pad), (0, pad), (0, 0)), constant_values=255)
+    t = s * k + pad
+    grid = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * t, cols * t, 3)
+    return np.ascontiguousarray(grid[: rows * t - pad, : cols * t - pad])
 
 
 def atomic_write_text(path: Path, text: str) -> None:
