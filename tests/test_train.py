@@ -157,17 +157,19 @@ def test_run_directory_contents(tmp_path: Path, env) -> None:
     assert f"checkpoint:  {out / 'checkpoint-0000004.pt'}" in proc.stderr
 
 
-def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path: Path, env) -> None:
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_processes_match_one_process_with_accumulation(tmp_path: Path, env, sharding: list[str]) -> None:
     common = [*TINY, "--data", "digits", "--batch-size", "4", "--steps", "3", "--log-every", "1", "--blr", "1e-3",
-              "--warmup-epochs", "0", "--sample-every", "0"]  # fmt: skip
+              "--warmup-epochs", "0", "--sample-every", "2"]  # fmt: skip
     run([*common, "--accum", "2", "--out", str(tmp_path / "one")], env)
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "jitrs",
-         "train", *common, "--out", str(tmp_path / "two")],
+         "train", *common, *sharding, "--out", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert (tmp_path / "two" / "samples" / "step-0000002.png").is_file()  # sampled mid-run, then trained on
     assert list(one) == list(two) == [1, 2, 3]
     np.testing.assert_allclose(list(two.values()), list(one.values()), rtol=1e-5)
     a = torch.load(tmp_path / "one" / "checkpoint-0000003.pt", weights_only=True)

@@ -19,9 +19,9 @@ class EMA:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self._params = list(self.module.parameters())
 
     @torch.no_grad()
     def update(self, params: list[torch.Tensor]) -> None:
         """One step towards `params` (the live model's parameters, same order as model.parameters())."""
-        torch._foreach_lerp_(self._params, params, 1.0 - self.decay)
+        # Listed per call, not cached: sharding the module (FSDP) replaces its parameter objects.
+        torch._foreach_lerp_(list(self.module.parameters()), params, 1.0 - self.decay)

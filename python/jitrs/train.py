@@ -28,6 +28,14 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 
 import jitrs
 from jitrs import rundir
@@ -212,8 +220,6 @@ def check_options(cfg: TrainConfig) -> None:
         raise UserError("--blr must be positive and --warmup-epochs, --weight-decay, --grad-clip, --keep-last >= 0")
     if cfg.data is None:
         raise UserError("--data is required: an image folder (DATA/train/<class>/*.jpg) or 'digits'")
-    if cfg.fsdp:
-        raise UserError("--fsdp is not available yet in this version of jitrs; use DDP (the default)")
 
 
 def resolve(cfg: TrainConfig, n_images: int, n_classes: int, world: int, ckpt_config: dict | None) -> Setup:
@@ -375,6 +381,8 @@ def train(cfg: TrainConfig, resume: tuple[Path, Any] | None = None) -> None:
     check_options(cfg)
     resume = resume or (load_resume(cfg.resume) if cfg.resume else None)
     d = setup_distributed(cfg.device)
+    if cfg.fsdp and d.world == 1:
+        raise UserError("--fsdp shards over several processes: launch with torchrun --nproc_per_node=N")
     try:
         _train(cfg, d, resume)
     finally:
@@ -419,21 +427,29 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
         for ema, key in ((ema1, "ema1"), (ema2, "ema2")):
             if key in base.weights:
                 ema.module.load_state_dict(base.weights[key], strict=True)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=s.peak_lr, betas=(0.9, 0.95), fused=cuda or None)
-    start_step = 0
-    if resume is not None:
-        opt.load_state_dict(resume[1].raw["optimizer"])
-        start_step = int(resume[1].step)
-        log.print(f"resumed from {resume[0]} at step {start_step}")
-    params = list(model.parameters())
-
     net: nn.Module = model
     ddp = None
-    if d.world > 1:
+    if cfg.fsdp:
+        # Each block, then the rest, sharded over all ranks; the EMAs the same way, so they cost 1/world each.
+        mesh = init_device_mesh(d.device.type, (d.world,))
+        for module in (model, ema1.module, ema2.module):
+            for block in module.blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(module, mesh=mesh)
+    elif d.world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if cuda else None)
         net = ddp
     if use_compile:
         net = torch.compile(net)  # type: ignore[assignment]
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=s.peak_lr, betas=(0.9, 0.95), fused=cuda or None)
+    # Optimiser state is saved and loaded whole, keyed by parameter name, whatever the sharding (DDP, FSDP, none).
+    full = StateDictOptions(full_state_dict=True, cpu_offload=cfg.fsdp)
+    start_step = 0
+    if resume is not None:
+        set_optimizer_state_dict(model, opt, optim_state_dict=resume[1].raw["optimizer"], options=full)
+        start_step = int(resume[1].step)
+        log.print(f"resumed from {resume[0]} at step {start_step}")
 
     # ---------------------------------------------------------------- data
     loader = Loader(
@@ -453,6 +469,16 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
     ).repeat(SAMPLE_ROWS)
 
     def checkpoint(step: int) -> Path:
+        """Every rank calls this (FSDP gathers the full weights for rank 0); rank 0 writes."""
+        weights = {
+            "model": get_model_state_dict(model, options=full),
+            "ema1": get_model_state_dict(ema1.module, options=full),
+            "ema2": get_model_state_dict(ema2.module, options=full),
+        }
+        optimizer = get_optimizer_state_dict(model, opt, options=full)
+        path = rundir.checkpoint_path(run_dir, step)
+        if not d.main:
+            return path
         payload = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -467,28 +493,29 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
                 "pred": flow.pred,
                 "loss_space": flow.loss_space,
             },
-            "model": model.state_dict(),
-            "ema1": ema1.module.state_dict(),
-            "ema2": ema2.module.state_dict(),
+            **weights,
             "class_names": index.classes,
             "step": step,
             "epoch": step // plan.steps_per_epoch,
             "position": step % plan.steps_per_epoch,
-            "optimizer": opt.state_dict(),
+            "optimizer": optimizer,
             # All randomness derives from this seed and the step (module docstring): no generator state to keep.
             "rng": {"seed": cfg.seed},
             "train_config": cfg.to_dict(),
         }
-        path = rundir.checkpoint_path(run_dir, step)
         jitrs.save_checkpoint(path, payload)
         if cfg.keep_last:
             for _, old in rundir.list_checkpoints(run_dir)[: -cfg.keep_last]:
                 old.unlink(missing_ok=True)
         return path
 
-    def sample_grid(step: int) -> Path:
+    def sample_grid(step: int) -> Path | None:
+        """A grid of EMA samples, written by rank 0; every rank samples under FSDP (the EMA is sharded)."""
+        if not (d.main or cfg.fsdp):
+            return None
         samples_dir = run_dir / "samples"
-        samples_dir.mkdir(exist_ok=True)
+        if d.main:
+            samples_dir.mkdir(exist_ok=True)
         g = torch.Generator(d.device).manual_seed(cfg.seed)
         shape = (sample_labels.shape[0], 3, cfg.res, cfg.res)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -501,7 +528,11 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
                 generator=g,
                 shape=shape,
             )
+        if cfg.fsdp:
+            ema1.module.reshard()  # type: ignore[operator]  # FSDP leaves the root gathered after a forward
         path = samples_dir / f"step-{step:07d}.png"
+        if not d.main:
+            return None
         jitrs.write_pngs(image_grid(to_uint8(x), SAMPLE_ROWS, SAMPLE_COLS)[None], [str(path)])
         return path
 
@@ -558,7 +589,10 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
                 t = flow.sample_t(batch.x.shape[0], device=d.device, generator=gen)
                 noise = torch.randn(batch.x.shape, device=d.device, generator=gen) * flow.noise_scale
                 y = flow.drop_labels(batch.y, model.num_classes, generator=gen)
-                sync = contextlib.nullcontext() if ddp is None or a == s.accum - 1 else ddp.no_sync()
+                last = a == s.accum - 1
+                sync = contextlib.nullcontext() if ddp is None or last else ddp.no_sync()
+                if cfg.fsdp:
+                    model.set_requires_gradient_sync(last)  # type: ignore[operator]
                 with sync, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     loss = flow.loss(net, batch.x, y, t=t, noise=noise)
                     (loss / s.accum).backward()
@@ -585,21 +619,21 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
                     break
             if done % cfg.ckpt_every == 0 and done < s.total_steps:
                 flush(done)
-                if d.main:
-                    last_ckpt = checkpoint(done)
-            if d.main and cfg.sample_every and done % cfg.sample_every == 0:
+                last_ckpt = checkpoint(done)
+            if cfg.sample_every and done % cfg.sample_every == 0:
                 last_samples = sample_grid(done)
-                plot_loss(log.metrics, run_dir / "loss.png")
+                if d.main:
+                    plot_loss(log.metrics, run_dir / "loss.png")
         else:
             step = s.total_steps - 1
         # ------------------------------------------------------------ the end (or a signal)
         done = step + 1
         flush(done)
         stopped = done < s.total_steps
+        last_ckpt = checkpoint(done)
+        if cfg.sample_every and not stopped:
+            last_samples = sample_grid(done)
         if d.main:
-            last_ckpt = checkpoint(done)
-            if cfg.sample_every and not stopped:
-                last_samples = sample_grid(done)
             plot_loss(log.metrics, run_dir / "loss.png")
     finally:
         stop.restore()
