@@ -179,6 +179,23 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path: Path, env, 
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_resume_may_switch_between_fsdp_ddp_and_accumulation(tmp_path: Path, env) -> None:
+    common = [*TINY, "--data", "digits", "--batch-size", "4", "--log-every", "1", "--blr", "1e-3",
+              "--warmup-epochs", "0", "--sample-every", "0"]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "jitrs"]
+
+    def launch(args: list[str]) -> None:
+        proc = subprocess.run([*torchrun, "train", *args], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+
+    launch([*common, "--fsdp", "--steps", "5", "--out", str(tmp_path / "full")])
+    launch([*common, "--fsdp", "--steps", "2", "--out", str(tmp_path / "part")])
+    launch(["--resume", str(tmp_path / "part"), "--steps", "3", "--no-fsdp"])  # DDP
+    run(["--resume", str(tmp_path / "part"), "--steps", "5", "--no-fsdp", "--accum", "2"], env)  # 1 process
+    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+
+
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path, env) -> None:
     out = tmp_path / "run"
     args = [*TINY, "--data", "digits", "--batch-size", "8", "--steps", "100000", "--log-every", "1",

@@ -92,6 +92,12 @@ def setup_distributed(device: str | None) -> Dist:
     return Dist(rank, world, want)
 
 
+def decode_threads() -> int:
+    """The usable cores shared among the processes of this node (torchrun sets LOCAL_WORLD_SIZE)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def step_seed(seed: int, step: int, stream: int) -> int:
     """A 63-bit seed for one (step, stream) of a run; streams >= 0 are sub-batches, < 0 other uses."""
     return int(np.random.SeedSequence([seed, step, stream + 2**20]).generate_state(2, np.uint64)[0] >> 1)
@@ -458,7 +464,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
         plan,
         d.device,
         start_step=start_step,
-        threads=cfg.threads,
+        threads=cfg.threads or decode_threads(),
         workers=cfg.loader_workers,
         bad_log=run_dir / "bad_images.log",
     )

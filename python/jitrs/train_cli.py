@@ -219,7 +219,9 @@ def train_command(
     ] = D.compile,
     bf16: Annotated[bool | None, Opt("--bf16/--no-bf16", help="bf16 autocast (default: on CUDA).")] = D.bf16,
     fsdp: Annotated[bool, Opt(help="Shard parameters and optimiser state (FSDP) instead of DDP.")] = D.fsdp,
-    threads: Annotated[int | None, Opt(help="Decode threads per process (default: all cores).")] = D.threads,
+    threads: Annotated[
+        int | None, Opt(help="Decode threads per process (default: the cores divided among the processes of a node).")
+    ] = D.threads,
     loader_workers: Annotated[
         int, Opt(help="Batches decoded concurrently (each into its own pinned buffers).")
     ] = D.loader_workers,
