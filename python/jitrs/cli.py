@@ -8,7 +8,10 @@ import typer
 from rich.console import Console
 
 from jitrs.errors import UserError
+from jitrs.eval_cli import eval_command
+from jitrs.sample_cli import sample_command
 from jitrs.toy_cli import toy
+from jitrs.train_cli import train_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,6 +19,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train and sample JiT pixel-diffusion models.",
 )
+app.command("train")(train_command)
+app.command("sample")(sample_command)
+app.command("eval")(eval_command)
+app.command("toy")(toy)
+
+
+@app.callback()
+def _commands() -> None:
+    """Keep subcommands (`jitrs train ...`) even while only one is registered."""
 
 
 def _fail(message: str, code: int) -> None:
@@ -43,11 +55,3 @@ def main() -> None:
         where = f"jitrs {ctx.info_name}: " if ctx is not None and ctx.parent is not None else ""
         _fail(where + e.format_message(), e.exit_code)
     sys.exit(result if isinstance(result, int) else 0)
-
-
-@app.callback()
-def _group() -> None:
-    """Keeps every command a subcommand (`jitrs toy ...`), even while only one is registered."""
-
-
-app.command("toy")(toy)

@@ -1,0 +1,211 @@
+"""The training set: an ImageFolder-style file index (built in parallel, cached) and the built-in digits set.
+
+Layout: DATA/train/<class>/**/<image> when DATA/train exists, else DATA/<class>/**/<image>. Classes are the
+sub-directory names sorted like torchvision's ImageFolder, so label ids match the ImageNet convention (class i is
+the i-th synset in sorted order). Files are recognised by extension only (case-insensitive); decoding problems
+surface later, in the loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jitrs.errors import UserError
+
+# What jitrs.load_batch decodes; everything else in a class folder is ignored.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png"})
+INDEX_VERSION = 1
+DIGITS_NAME = "digits"
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """Every image of a dataset: `paths[i]` (absolute, str) has label `labels[i]` (int64) = its class's position
+    in `classes` (sorted folder names)."""
+
+    root: Path
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def image_root(data_dir: Path) -> Path:
+    """DATA/train when it exists, else DATA itself; UserError when DATA is missing or not a directory."""
+    if not data_dir.exists():
+        raise UserError(f"--data {data_dir}: no such directory")
+    if not data_dir.is_dir():
+        raise UserError(f"--data {data_dir}: not a directory")
+    train = data_dir / "train"
+    return train if train.is_dir() else data_dir
+
+
+def _class_dirs(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True) and not e.name.startswith("."))
+
+
+def _scan_class(class_dir: str) -> tuple[list[str], dict[str, int]]:
+    """(sorted image paths under class_dir, recursively; {directory: mtime_ns} of every directory walked)."""
+    files: list[str] = []
+    dirs: dict[str, int] = {}
+    stack = [class_dir]
+    while stack:
+        d = stack.pop()
+        dirs[d] = os.stat(d).st_mtime_ns
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=True):
+                    stack.append(e.path)
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                    files.append(e.path)
+    files.sort()
+    return files, dirs
+
+
+def _dirs_unchanged(dirs: dict[str, int]) -> bool:
+    try:
+        return all(os.stat(d).st_mtime_ns == m for d, m in dirs.items())
+    except OSError:
+        return False
+
+
+def build_index(data_dir: str | Path, cache: Path | None = None, threads: int | None = None) -> ImageIndex:
+    """Index DATA (see the module docstring), walking the class folders in a thread pool.
+
+    With `cache` (a JSON file, normally RUN/index.json) the index is reused while the root and every directory
+    walked keep their modification times (adding, removing or renaming a file changes its directory's mtime),
+    and rewritten otherwise. Raises UserError when DATA is missing, has no class folders or no images.
+    """
+    root = image_root(Path(data_dir)).resolve()
+    if cache is not None and cache.is_file():
+        index = _read_cache(cache, root)
+        if index is not None:
+            return index
+    classes = _class_dirs(root)
+    if not classes:
+        raise UserError(f"--data {data_dir}: no class sub-directories in {root} (expected {root}/<class>/<images>)")
+    with ThreadPoolExecutor(max_workers=threads or min(32, (os.cpu_count() or 1) + 4)) as pool:
+        scans = list(pool.map(_scan_class, [os.path.join(root, c) for c in classes]))
+    paths = [p for files, _ in scans for p in files]
+    if not paths:
+        raise UserError(f"--data {data_dir}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+    labels = np.concatenate([np.full(len(files), i, dtype=np.int64) for i, (files, _) in enumerate(scans)])
+    index = ImageIndex(root, classes, paths, labels)
+    if cache is not None:
+        dirs = {str(root): os.stat(root).st_mtime_ns}
+        for _, d in scans:
+            dirs.update(d)
+        _write_cache(cache, index, [len(f) for f, _ in scans], dirs)
+    return index
+
+
+def _write_cache(cache: Path, index: ImageIndex, counts: list[int], dirs: dict[str, int]) -> None:
+    prefix = str(index.root) + os.sep
+    payload = {
+        "version": INDEX_VERSION,
+        "root": str(index.root),
+        "classes": index.classes,
+        "counts": counts,
+        "files": [p.removeprefix(prefix) for p in index.paths],
+        "dirs": dirs,
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f)
+    os.replace(tmp, cache)
+
+
+def _read_cache(cache: Path, root: Path) -> ImageIndex | None:
+    """The cached index, or None when it is unreadable, for another root, or stale."""
+    try:
+        with open(cache) as f:
+            payload = json.load(f)
+        if payload.get("version") != INDEX_VERSION or payload["root"] != str(root):
+            return None
+        if not _dirs_unchanged(payload["dirs"]):
+            return None
+        labels = np.repeat(np.arange(len(payload["counts"]), dtype=np.int64), payload["counts"])
+        paths = [os.path.join(root, p) for p in payload["files"]]
+        if len(paths) != len(labels):
+            return None
+        return ImageIndex(root, list(payload["classes"]), paths, labels)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- built-in data
+
+
+def default_cache_dir() -> Path:
+    """$JITRS_CACHE, else $XDG_CACHE_HOME/jitrs, else ~/.cache/jitrs."""
+    if env := os.environ.get("JITRS_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jitrs"
+
+
+DIGITS_SIZE = 32  # the 8×8 scans are upscaled 4× (bicubic); the loader's ADM crop then resizes to --res
+
+
+def digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled handwritten digits as images: ((1797, 32, 32, 3) uint8, (1797,) int64 labels).
+
+    The 8×8 scans (ink 0..16) are inverted to dark ink on white, scaled to 0..255 and upscaled 4× with bicubic
+    interpolation (torch, align_corners=False, clamped), grey in all three channels.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise UserError("--data digits needs scikit-learn (pip install scikit-learn)") from None
+
+    digits = load_digits()
+    ink = torch.from_numpy(digits.images).float()[:, None]  # (N, 1, 8, 8) in 0..16
+    gray = 255.0 - ink * (255.0 / 16.0)
+    up = F.interpolate(gray, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bicubic", align_corners=False)
+    img = up.clamp(0, 255).round().to(torch.uint8)[:, 0, :, :, None].expand(-1, -1, -1, 3)
+    return np.ascontiguousarray(img.numpy()), digits.target.astype(np.int64)
+
+
+def digits_dataset(cache_dir: Path | None = None) -> Path:
+    """The built-in dataset as PNG files: CACHE/digits/train/<0..9>/<nnnn>.png; returns CACHE/digits.
+
+    Written once into a temporary directory that is renamed into place, so a crash or a concurrent writer never
+    leaves a half-written set behind.
+    """
+    import jitrs
+
+    base = (cache_dir or default_cache_dir()).expanduser()
+    final = base / DIGITS_NAME
+    if (final / "train").is_dir():
+        return final
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{DIGITS_NAME}-"))
+    try:
+        images, labels = digits_images()
+        paths = []
+        for c in range(10):
+            (tmp / "train" / str(c)).mkdir(parents=True)
+        for i, y in enumerate(labels):
+            paths.append(str(tmp / "train" / str(y) / f"{i:04d}.png"))
+        jitrs.write_pngs(images, paths)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "train").is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

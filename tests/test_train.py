@@ -1,0 +1,374 @@
+"""`jitrs train`: the real CLI in subprocesses (errors, exact resume, DDP, signals, NaN), plus its pure helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import jitrs
+from jitrs.ema import EMA
+from jitrs.errors import UserError
+from jitrs.model import JiT
+from jitrs.train import default_noise_scale, image_grid, learning_rate, param_groups, resolve
+from jitrs.train_cli import TrainConfig, build_config, read_config_file
+
+TINY = [
+    "--model", "JiT-S/4",
+    "--model-arg", "depth=2", "--model-arg", "hidden_size=32", "--model-arg", "num_heads=2",
+    "--model-arg", "in_context_len=2", "--model-arg", "in_context_start=1", "--model-arg", "bottleneck_dim=8",
+    "--res", "16", "--sample-steps", "2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Subprocess environment: this checkout's jitrs, a private cache for the digits files, quiet threads."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(jitrs.__file__).parents[1]),
+        "JITRS_CACHE": str(tmp_path_factory.mktemp("cache")),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def run(args: list[str], env: dict[str, str], check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jitrs", "train", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def steps_of(run_dir: Path) -> list[int]:
+    return sorted(int(re.findall(r"\d+", p.name)[0]) for p in run_dir.glob("checkpoint-*.pt"))
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty").mkdir()
+    (root / "textonly" / "cls").mkdir(parents=True)
+    (root / "textonly" / "cls" / "a.txt").write_text("x")
+    for i in range(3):
+        (root / "small" / "c").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "small" / "c" / f"{i}.png")
+    (root / "notckpt.pt").write_text("hello")
+    (root / "emptyrun").mkdir()
+    (root / "bad.toml").write_text("stepz = 3\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "{root}/missing"], "--data .*missing: no such directory"),
+        (["--data", "{root}/empty"], "no class sub-directories"),
+        (["--data", "{root}/textonly"], "no image files"),
+        (["--data", "digits", "--res", "18", "--model", "JiT-S/4"], "--res 18 is not divisible by the patch size 4"),
+        (["--data", "digits", "--model", "JiT-X/3"], "--model JiT-X/3: unknown model"),
+        (["--data", "{root}/small", "--batch-size", "4", "--res", "16"], "larger than the dataset"),
+        (["--resume", "{root}/notckpt.pt"], "notckpt.pt: not a checkpoint"),
+        (["--resume", "{root}/emptyrun"], "--resume .*emptyrun: the directory holds no checkpoint"),
+        (["--data", "digits", "--config", "{root}/bad.toml"], "unknown option\\(s\\) stepz"),
+        (["--res", "16"], "--data is required"),
+        (["--data", "digits", "--schedule", "linear"], "--schedule 'linear'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], message: str, bad_inputs: Path, env) -> None:
+    proc = run([a.format(root=bad_inputs) for a in args], env, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and re.search(message, lines[-1]), proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- real runs
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path: Path, env) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data: digits\nbatch-size: 8\nlog_every: 1\nckpt-every: 100\nsample-every: 0\nseed: 5\n")
+    common = [*TINY, "--config", str(config), "--blr", "1e-3", "--warmup-epochs", "0.02"]
+    run([*common, "--out", str(tmp_path / "full"), "--steps", "6"], env)
+    run([*common, "--out", str(tmp_path / "part"), "--steps", "3"], env)
+    assert steps_of(tmp_path / "part") == [3]
+    run(["--resume", str(tmp_path / "part"), "--steps", "6"], env)
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert list(full) == list(resumed) == [1, 2, 3, 4, 5, 6]
+    assert full == resumed  # bit-exact, step for step
+    assert len(set(full.values())) == 6
+    a = torch.load(tmp_path / "full" / "checkpoint-0000006.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoint-0000006.pt", weights_only=True)
+    for kind in ("model", "ema1", "ema2"):
+        assert all(torch.equal(a[kind][k], b[kind][k]) for k in a[kind])
+
+
+def test_run_directory_contents(tmp_path: Path, env) -> None:
+    out = tmp_path / "run"
+    proc = run(
+        [*TINY, "--data", "digits", "--batch-size", "8", "--steps", "4", "--ckpt-every", "1", "--keep-last", "2",
+         "--sample-every", "2", "--log-every", "2", "--out", str(out)],
+        env,
+    )  # fmt: skip
+    assert "warning:" in proc.stderr and "CPU" in proc.stderr
+    assert steps_of(out) == [3, 4]  # keep-last 2
+    ckpt = torch.load(out / "checkpoint-0000004.pt", weights_only=True)
+    assert ckpt["format"] == "jitrs" and ckpt["step"] == 4 and ckpt["class_names"] == [str(c) for c in range(10)]
+    assert ckpt["config"]["num_classes"] == 10 and ckpt["config"]["depth"] == 2 and ckpt["config"]["input_size"] == 16
+    assert ckpt["train_config"]["steps"] == 4 and ckpt["flow"]["noise_scale"] == 1.0
+    assert set(ckpt["model"]) == set(ckpt["ema1"]) == set(ckpt["ema2"])
+    assert not any(k.startswith(("module.", "_orig_mod.", "net.")) for k in ckpt["model"])
+    assert ckpt["epoch"] == 0 and ckpt["position"] == 4 and "state" in ckpt["optimizer"]
+    loaded = jitrs.load_checkpoint(out / "checkpoint-0000004.pt")
+    model = loaded.build("ema1")
+    assert model.num_classes == 10
+    # The EMA moved away from the live weights, the live weights away from their initialisation.
+    assert not torch.equal(ckpt["model"]["final_layer.linear.weight"], ckpt["ema1"]["final_layer.linear.weight"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # log every 2 steps, plus a read-back before each checkpoint
+    assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 and r["bad_images"] == 0 for r in rows)
+    with Image.open(out / "samples" / "step-0000004.png") as grid:
+        # 4 rows × 10 classes of 16 px tiles shown at 64 px, 2 px apart
+        assert grid.size == (10 * 66 - 2, 4 * 66 - 2) and grid.mode == "RGB"
+    with Image.open(out / "loss.png") as curve:
+        assert curve.format == "PNG"
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "index.json").is_file()
+    assert f"checkpoint:  {out / 'checkpoint-0000004.pt'}" in proc.stderr
+
+
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_processes_match_one_process_with_accumulation(tmp_path: Path, env, sharding: list[str]) -> None:
+    common = [*TINY, "--data", "digits", "--batch-size", "4", "--steps", "3", "--log-every", "1", "--blr", "1e-3",
+              "--warmup-epochs", "0", "--sample-every", "2"]  # fmt: skip
+    run([*common, "--accum", "2", "--out", str(tmp_path / "one")], env)
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "jitrs",
+         "train", *common, *sharding, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert (tmp_path / "two" / "samples" / "step-0000002.png").is_file()  # sampled mid-run, then trained on
+    assert list(one) == list(two) == [1, 2, 3]
+    np.testing.assert_allclose(list(two.values()), list(one.values()), rtol=1e-5)
+    a = torch.load(tmp_path / "one" / "checkpoint-0000003.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "checkpoint-0000003.pt", weights_only=True)
+    assert a["train_config"]["accum"] == 2 and b["optimizer"]["param_groups"][0]["lr"] == 1e-3 * 8 / 256
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_resume_may_switch_between_fsdp_ddp_and_accumulation(tmp_path: Path, env) -> None:
+    common = [*TINY, "--data", "digits", "--batch-size", "4", "--log-every", "1", "--blr", "1e-3",
+              "--warmup-epochs", "0", "--sample-every", "0"]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "jitrs"]
+
+    def launch(args: list[str]) -> None:
+        proc = subprocess.run([*torchrun, "train", *args], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+
+    launch([*common, "--fsdp", "--steps", "5", "--out", str(tmp_path / "full")])
+    launch([*common, "--fsdp", "--steps", "2", "--out", str(tmp_path / "part")])
+    launch(["--resume", str(tmp_path / "part"), "--steps", "3", "--no-fsdp"])  # DDP
+    run(["--resume", str(tmp_path / "part"), "--steps", "5", "--no-fsdp", "--accum", "2"], env)  # 1 process
+    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path, env) -> None:
+    out = tmp_path / "run"
+    args = [*TINY, "--data", "digits", "--batch-size", "8", "--steps", "100000", "--log-every", "1",
+            "--sample-every", "0", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jitrs", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    stopped = steps_of(out)
+    assert len(stopped) == 1 and "stopped by signal" in stderr
+    assert max(losses(out)) == stopped[0]
+    run(["--resume", str(out / f"checkpoint-{stopped[0]:07d}.pt"), "--steps", str(stopped[0] + 2)], env)
+    assert list(losses(out)) == list(range(1, stopped[0] + 3))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, env) -> None:
+    out = tmp_path / "run"
+    proc = run(
+        [*TINY, "--data", "digits", "--batch-size", "8", "--steps", "50", "--blr", "1e30", "--warmup-epochs", "0",
+         "--log-every", "1", "--ckpt-every", "1", "--keep-last", "0", "--sample-every", "0", "--out", str(out)],
+        env,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    pattern = (
+        r"error: the loss became (nan|inf) by step (\d+); stopping without saving; the last good checkpoint is (\S+)"
+    )
+    m = re.search(pattern, proc.stderr)
+    assert m, proc.stderr
+    bad_step = int(m.group(2))
+    assert steps_of(out) == list(range(1, bad_step))
+    assert m.group(3).endswith(f"checkpoint-{bad_step - 1:07d}.pt")
+
+
+def test_init_starts_from_the_given_weights(tmp_path: Path, env) -> None:
+    base = [*TINY, "--data", "digits", "--batch-size", "8", "--sample-every", "0"]
+    run([*base, "--steps", "2", "--blr", "1e-2", "--warmup-epochs", "0", "--out", str(tmp_path / "a")], env)
+    # Warmup starts at lr 0, so after one step the weights are still exactly the initial ones.
+    run([*base, "--steps", "1", "--init", str(tmp_path / "a" / "checkpoint-0000002.pt"), "--out", str(tmp_path / "b")],
+        env)  # fmt: skip
+    a = torch.load(tmp_path / "a" / "checkpoint-0000002.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint-0000001.pt", weights_only=True)
+    assert b["step"] == 1
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k])
+
+
+def test_demo_preset_runs(tmp_path: Path, env) -> None:
+    out = tmp_path / "demo"
+    proc = run(["--demo", "--steps", "2", "--sample-every", "2", "--sample-steps", "2", "--out", str(out)], env)
+    ckpt = torch.load(tmp_path / "demo" / "checkpoint-0000002.pt", weights_only=True)
+    assert ckpt["train_config"]["data"] == "digits" and ckpt["config"]["input_size"] == 16
+    assert "samples:" in proc.stderr and (tmp_path / "demo" / "samples" / "step-0000002.png").is_file()
+
+
+@pytest.mark.gpu
+def test_cuda_run_with_compile_and_bf16(tmp_path: Path, env) -> None:
+    out = tmp_path / "run"
+    args = [*TINY, "--data", "digits", "--batch-size", "16", "--log-every", "1", "--sample-every", "2"]
+    run([*args, "--steps", "2", "--out", str(out)], env)  # compile and bf16 are on by default on CUDA
+    run(["--resume", str(out), "--steps", "4"], env)
+    curve = losses(out)
+    assert list(curve) == [1, 2, 3, 4] and all(np.isfinite(v) for v in curve.values())
+    ckpt = jitrs.load_checkpoint(out / "checkpoint-0000004.pt")
+    assert ckpt.build("ema1").num_classes == 10 and ckpt.raw["train_config"]["compile"] is None
+    assert (out / "samples" / "step-0000004.png").is_file()
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path: Path, env) -> None:
+    proc = run(["--demo", "--out", str(tmp_path / "demo")], env, timeout=3600)
+    curve = losses(tmp_path / "demo")
+    assert curve[1000] < 0.5 * curve[10]
+    assert "samples:" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def test_help_lists_every_option_with_its_default() -> None:
+    from typer.testing import CliRunner
+
+    from jitrs.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in TrainConfig.__dataclass_fields__:
+        flag = "--model-arg" if name == "model_args" else f"--{name.replace('_', '-')}"
+        assert flag in result.output, flag
+    for shown in ("[default: 128]", "[default: 5e-05]", "[default: 0.9999]", "[default: 600.0]", "JiT-B/32 at 512"):
+        assert shown in result.output, shown
+
+
+def test_config_file_layers(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('data = "/x"\nbatch-size = 32\nblr = 1e-4\n[model_args]\ndepth = 3\n')
+    opts = read_config_file(toml)
+    assert opts == {"data": "/x", "batch_size": 32, "blr": 1e-4, "model_args": {"depth": 3}}
+    cfg = build_config({"blr": 2e-4}, opts, demo=False, defaults=TrainConfig().to_dict())
+    assert (cfg.data, cfg.batch_size, cfg.blr, cfg.model_args, cfg.epochs) == ("/x", 32, 2e-4, {"depth": 3}, 600.0)
+    demo = build_config({}, {"steps": 7}, demo=True, defaults=TrainConfig().to_dict())
+    assert (demo.data, demo.steps, demo.res) == ("digits", 7, 16)
+    with pytest.raises(UserError, match="cannot parse"):
+        (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+        read_config_file(tmp_path / "bad.yaml")
+
+
+def test_paper_defaults_by_resolution() -> None:
+    s256 = resolve(TrainConfig(data="x"), 1_281_167, 1000, world=8, ckpt_config=None)
+    assert s256.model_name == "JiT-B/16" and s256.noise_scale == 1.0 and s256.accum == 1
+    assert s256.plan.global_batch == 1024 and s256.peak_lr == pytest.approx(2e-4)
+    assert s256.plan.steps_per_epoch == 1251 and s256.total_steps == 600 * 1251 and s256.warmup_steps == 5 * 1251
+    s512 = resolve(TrainConfig(data="x", res=512, global_batch=1024), 1_281_167, 1000, world=2, ckpt_config=None)
+    assert s512.model_name == "JiT-B/32" and s512.noise_scale == 2.0 and s512.accum == 4
+    assert s512.model_config["input_size"] == 512 and s512.model_config["patch_size"] == 32
+    assert resolve(TrainConfig(data="x", noise_scale=3.0), 5000, 10, 1, None).noise_scale == 3.0
+    assert default_noise_scale(1024) == 4.0
+    with pytest.raises(UserError, match="--global-batch 1000 is not a multiple"):
+        resolve(TrainConfig(data="x", global_batch=1000), 5000, 10, 1, None)
+
+
+def test_learning_rate_schedule() -> None:
+    assert learning_rate(0, 1.0, 10, 100, "constant", 0.0) == 0.0
+    assert learning_rate(5, 1.0, 10, 100, "constant", 0.0) == 0.5
+    assert learning_rate(10, 1.0, 10, 100, "constant", 0.0) == learning_rate(99, 1.0, 10, 100, "constant", 0.0) == 1.0
+    assert learning_rate(10, 1.0, 10, 110, "cosine", 0.1) == pytest.approx(1.0)
+    assert learning_rate(60, 1.0, 10, 110, "cosine", 0.1) == pytest.approx(0.55)
+    assert learning_rate(110, 1.0, 10, 110, "cosine", 0.1) == pytest.approx(0.1)
+
+
+def test_weight_decay_spares_norms_biases_and_embeddings() -> None:
+    model = JiT.from_name("JiT-S/4", depth=2, hidden_size=32, num_heads=2, in_context_start=1, num_classes=3)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    spared = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert "blocks.0.attn.qkv.weight" in decayed and "blocks.0.mlp.w12.weight" in decayed
+    assert {"y_embedder.embedding_table.weight", "in_context_posemb", "blocks.0.attn.qkv.bias"} <= spared
+    assert not any(n.endswith(("bias", "norm1.weight")) for n in decayed)
+    assert "pos_embed" not in decayed | spared  # frozen: not optimised at all
+    assert len(decayed | spared) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_ema_update_is_the_exponential_average() -> None:
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, 0.9)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(list(model.parameters()))
+    for e, s, p in zip(ema.module.parameters(), start, model.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.9 * s + 0.1 * p)
+        assert not e.requires_grad
+
+
+def test_image_grid_places_tiles_row_major() -> None:
+    tiles = np.stack([np.full((2, 2, 3), 10 * i, np.uint8) for i in range(6)])
+    grid = image_grid(tiles, rows=2, cols=3, min_tile=4, pad=1)
+    assert grid.shape == (2 * 4 + 1, 3 * 4 + 2, 3)
+    tile_at = {(r, c): grid[r * 5 : r * 5 + 4, c * 5 : c * 5 + 4] for r in range(2) for c in range(3)}
+    for (r, c), tile in tile_at.items():
+        assert (tile == 10 * (3 * r + c)).all()
+    assert (grid[4, :] == 255).all() and (grid[:, 4] == 255).all() and (grid[:, 9] == 255).all()
