@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 
 from jitrs.errors import UserError
+from jitrs.eval_cli import eval_command
+from jitrs.sample_cli import sample_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,6 +17,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train and sample JiT pixel-diffusion models.",
 )
+app.command("sample")(sample_command)
+app.command("eval")(eval_command)
 
 
 def main() -> None:
