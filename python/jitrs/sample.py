@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import threading
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -232,9 +233,7 @@ class SampleStore:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.npz_path)
-        for part in self._part_files():
-            part.unlink()
-        self.parts.rmdir()
+        shutil.rmtree(self.parts)  # with any temp file of a write that was killed
 
 
 class _Writer:
@@ -391,6 +390,8 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
         raise UserError(f"--ema {opt.ema}: {ckpt_path} holds no {EMA_KEYS[opt.ema]} weights")
     cfg = opt.cfg if opt.cfg is not None else OFFICIAL_CFG.get(ckpt.name or "", 1.0)
     device = _device(opt)
+    # Built before anything is written, so a checkpoint whose weights do not fit its config leaves no trace.
+    net = ckpt.build(ema=EMA_KEYS[opt.ema], device=device).eval()
     stat = ckpt_path.stat()
     settings = Settings(
         checkpoint=str(ckpt_path.resolve()),
@@ -430,7 +431,6 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
         console.print(f"{opt.n - len(missing)} of {opt.n} images already in {opt.out}; sampling {len(missing)}")
 
     if missing:
-        net = ckpt.build(ema=EMA_KEYS[opt.ema], device=device).eval()
         use_compile = opt.compile if opt.compile is not None else device.type == "cuda"
         model = torch.compile(net) if use_compile else net
         _sample_missing(model, net, store, settings, missing, opt.batch_size, device, rank, world, console)
