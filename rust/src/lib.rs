@@ -3,7 +3,13 @@
 //! Every module here is plain Rust that knows nothing of Python (tested with `cargo test`);
 //! `python/` is the thin PyO3 layer that validates inputs, releases the GIL and maps errors.
 
+pub mod batch;
 pub mod crop;
+pub mod decode;
+pub mod error;
+pub mod patchify;
+pub mod png;
+pub mod resample;
 
 #[cfg(feature = "python")]
 mod python;

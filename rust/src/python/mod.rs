@@ -2,9 +2,26 @@
 
 use pyo3::prelude::*;
 
+mod arrays;
+mod crop;
+mod png;
+mod tokens;
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // So a benchmark can refuse to report numbers from a debug build.
-    m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    m.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
+    m.add_function(wrap_pyfunction!(crop::center_crop, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::patchify, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::unpatchify, m)?)?;
+    m.add_function(wrap_pyfunction!(png::write_pngs, m)?)?;
+    m.add_function(wrap_pyfunction!(png::write_png, m)?)?;
     Ok(())
 }

@@ -1,0 +1,275 @@
+//! `load_batch`: decode + ADM center crop (+ horizontal flip) of many image files in parallel,
+//! straight into one `(B, size, size, 3)` uint8 buffer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+use crate::crop;
+use crate::decode::Decoder;
+use crate::error::Error;
+
+/// The most worker threads one pool may have: far above any core count, low enough that a typo
+/// cannot make us spawn a million threads.
+pub const MAX_THREADS: usize = 1024;
+
+/// What to do when an image cannot be loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop at the first failing image (by index); later images may be left unloaded.
+    Raise,
+    /// Zero the failing image's slot and go on with the rest.
+    Skip,
+}
+
+/// The images of a batch that could not be loaded, by increasing index.
+pub type Failures = Vec<(usize, Error)>;
+
+/// Buffers one worker thread reuses from image to image.
+#[derive(Default)]
+struct Worker {
+    decoder: Decoder,
+    pixels: Vec<u8>,
+    scratch: crop::Scratch,
+}
+
+impl Worker {
+    fn load(
+        &mut self,
+        path: &Path,
+        size: usize,
+        flip: bool,
+        max_pixels: u64,
+        slot: &mut [u8],
+    ) -> Result<(), Error> {
+        let (width, height) = self
+            .decoder
+            .decode_file_into(path, max_pixels, &mut self.pixels)?;
+        crop::center_crop_into(
+            &self.pixels,
+            width,
+            height,
+            size,
+            flip,
+            slot,
+            &mut self.scratch,
+        );
+        Ok(())
+    }
+}
+
+/// Loads `paths[i]`, center-cropped to `size`×`size` and mirrored when `flips[i]`, into image `i` of
+/// `out` (`paths.len() * size * size * 3` bytes, RGB interleaved), on the threads of `pool`.
+///
+/// A failed image's slot is zeroed. With [`OnError::Raise`] the work stops early once an image
+/// fails: images after it (by index) may not be loaded, and the first failure is the first entry.
+pub fn load_batch_into(
+    paths: &[PathBuf],
+    size: usize,
+    flips: &[bool],
+    max_pixels: u64,
+    on_error: OnError,
+    pool: &ThreadPool,
+    out: &mut [u8],
+) -> Result<Failures, Error> {
+    let item = size
+        .checked_mul(size)
+        .and_then(|n| n.checked_mul(3))
+        .filter(|&n| n > 0);
+    let Some(item) = item.filter(|n| Some(out.len()) == n.checked_mul(paths.len())) else {
+        return Err(Error::InvalidArgument(format!(
+            "load_batch: an output of {} bytes cannot hold {} images of {size}x{size}x3",
+            out.len(),
+            paths.len()
+        )));
+    };
+    if flips.len() != paths.len() {
+        return Err(Error::InvalidArgument(format!(
+            "load_batch: {} flip flags for {} paths",
+            flips.len(),
+            paths.len()
+        )));
+    }
+    // Lowest failing index so far: in Raise mode, images after it need not be loaded.
+    let first_failure = AtomicUsize::new(usize::MAX);
+    let mut failures: Failures = pool.install(|| {
+        out.par_chunks_mut(item)
+            .zip(paths.par_iter().zip(flips.par_iter()))
+            .enumerate()
+            .map_init(Worker::default, |worker, (index, (slot, (path, &flip)))| {
+                if on_error == OnError::Raise && index > first_failure.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let error = worker.load(path, size, flip, max_pixels, slot).err()?;
+                slot.fill(0);
+                first_failure.fetch_min(index, Ordering::Relaxed);
+                Some((index, error))
+            })
+            .flatten()
+            .collect()
+    });
+    failures.sort_by_key(|&(index, _)| index);
+    Ok(failures)
+}
+
+/// The default worker count: every core this process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Pools by thread count, built once and shared by every later call, tagged with the process id.
+type PoolCache = Option<(u32, HashMap<usize, Arc<ThreadPool>>)>;
+static POOLS: Mutex<PoolCache> = Mutex::new(None);
+
+/// A rayon pool of `threads` workers, built on first use and then reused.
+///
+/// After a `fork()` (a PyTorch DataLoader worker, say) the child inherits the cache but not the
+/// pool threads, so a child builds its own pools instead of waiting on threads that do not exist.
+pub fn thread_pool(threads: usize) -> Result<Arc<ThreadPool>, Error> {
+    if !(1..=MAX_THREADS).contains(&threads) {
+        return Err(Error::InvalidArgument(format!(
+            "threads must be between 1 and {MAX_THREADS}, got {threads}"
+        )));
+    }
+    let mut cache = POOLS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let pid = std::process::id();
+    if cache.as_ref().is_some_and(|(owner, _)| *owner != pid) {
+        // The parent's pools: their threads are not in this process. Leak rather than drop them,
+        // since dropping would signal threads that are not there.
+        std::mem::forget(cache.take());
+    }
+    let (_, pools) = cache.get_or_insert_with(|| (pid, HashMap::new()));
+    if let Some(pool) = pools.get(&threads) {
+        return Ok(Arc::clone(pool));
+    }
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("jitrs-load-{i}"))
+        .build()
+        .map_err(|e| Error::ThreadPool {
+            threads,
+            reason: e.to_string(),
+        })?;
+    let pool = Arc::new(pool);
+    pools.insert(threads, Arc::clone(&pool));
+    Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode_file, DEFAULT_MAX_PIXELS};
+    use turbojpeg::{Compressor, Image, PixelFormat};
+
+    fn write_jpeg(dir: &Path, name: &str, width: usize, height: usize) -> PathBuf {
+        let pixels: Vec<u8> = (0..width * height * 3)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let image = Image {
+            pixels: pixels.as_slice(),
+            width,
+            pitch: width * 3,
+            height,
+            format: PixelFormat::RGB,
+        };
+        let jpeg = Compressor::new()
+            .and_then(|mut c| c.compress_to_vec(image))
+            .expect("compress");
+        let path = dir.join(name);
+        std::fs::write(&path, jpeg).expect("write");
+        path
+    }
+
+    fn crop_of(path: &Path, size: usize, flip: bool) -> Vec<u8> {
+        let image = decode_file(path, DEFAULT_MAX_PIXELS).expect("decode");
+        let mut out = vec![0; size * size * 3];
+        crop::center_crop_into(
+            &image.pixels,
+            image.width,
+            image.height,
+            size,
+            flip,
+            &mut out,
+            &mut Default::default(),
+        );
+        out
+    }
+
+    #[test]
+    fn batch_equals_per_image_decode_and_crop_and_reports_failures_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = [
+            write_jpeg(dir.path(), "a.jpg", 50, 40),
+            write_jpeg(dir.path(), "b.jpg", 33, 61),
+        ];
+        let missing = dir.path().join("missing.jpg");
+        let paths = vec![good[0].clone(), missing.clone(), good[1].clone(), missing];
+        let flips = [false, false, true, true];
+        let size = 16;
+        let mut out = vec![7u8; paths.len() * size * size * 3];
+        let pool = thread_pool(2).expect("pool");
+        let failures = load_batch_into(
+            &paths,
+            size,
+            &flips,
+            DEFAULT_MAX_PIXELS,
+            OnError::Skip,
+            &pool,
+            &mut out,
+        )
+        .expect("batch");
+        let failed: Vec<usize> = failures.iter().map(|(i, _)| *i).collect();
+        assert_eq!(failed, [1, 3]);
+        assert!(matches!(failures[0].1, Error::NotFound { .. }));
+        let images: Vec<&[u8]> = out.chunks(size * size * 3).collect();
+        assert_eq!(images[0], crop_of(&good[0], size, false));
+        assert_eq!(images[2], crop_of(&good[1], size, true));
+        assert!(
+            images[1].iter().chain(images[3]).all(|&v| v == 0),
+            "failed slots are zeroed"
+        );
+    }
+
+    #[test]
+    fn mismatched_lengths_are_refused() {
+        let pool = thread_pool(1).expect("pool");
+        let paths = vec![PathBuf::from("x.jpg")];
+        let mut out = vec![0; 10];
+        let result = load_batch_into(
+            &paths,
+            4,
+            &[false],
+            DEFAULT_MAX_PIXELS,
+            OnError::Raise,
+            &pool,
+            &mut out,
+        );
+        assert!(matches!(result, Err(Error::InvalidArgument(_))));
+        let mut out = vec![0; 4 * 4 * 3];
+        let result = load_batch_into(
+            &paths,
+            4,
+            &[],
+            DEFAULT_MAX_PIXELS,
+            OnError::Raise,
+            &pool,
+            &mut out,
+        );
+        assert!(matches!(result, Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn pools_are_cached_per_thread_count() {
+        let a = thread_pool(3).expect("pool");
+        let b = thread_pool(3).expect("pool");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.current_num_threads(), 3);
+        assert!(matches!(thread_pool(0), Err(Error::InvalidArgument(_))));
+    }
+}

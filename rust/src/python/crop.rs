@@ -1,0 +1,87 @@
+//! `center_crop`: the Pillow-exact ADM center crop of one image.
+
+use numpy::ndarray::Array3;
+use numpy::{PyArray3, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::crop::{center_crop_into, Scratch};
+
+/// Largest output side accepted: a bigger crop is surely a mistake and its buffers would not fit in memory.
+const MAX_SIZE: i64 = 1 << 16;
+
+/// ADM center crop (ADM, DiT, EDM2, official JiT) of `img`, an (H, W, 3) uint8 array of any strides, to a
+/// new (size, size, 3) uint8 array, mirrored left-right when `flip`. Bit-exact with Pillow's BOX/BICUBIC.
+#[pyfunction]
+#[pyo3(signature = (img, size, *, flip = false))]
+pub fn center_crop<'py>(
+    py: Python<'py>,
+    img: &Bound<'py, PyAny>,
+    size: i64,
+    flip: bool,
+) -> PyResult<Bound<'py, PyArray3<u8>>> {
+    let array = img.cast::<PyUntypedArray>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "center_crop: img must be a numpy array, got {}",
+            img.get_type()
+                .name()
+                .map_or_else(|_| "an unknown type".to_owned(), |n| n.to_string())
+        ))
+    })?;
+    let shape = python_tuple(array.shape());
+    let dims = array.shape();
+    if dims.len() != 3 || dims[2] != 3 || dims[0] == 0 || dims[1] == 0 {
+        return Err(PyValueError::new_err(format!(
+            "center_crop: img must have shape (H, W, 3) with H, W >= 1, got {shape}"
+        )));
+    }
+    if !array.dtype().is_equiv_to(&numpy::dtype::<u8>(py)) {
+        return Err(PyTypeError::new_err(format!(
+            "center_crop: img must have dtype uint8, got {} (shape {shape})",
+            array.dtype()
+        )));
+    }
+    if !(1..=MAX_SIZE).contains(&size) {
+        return Err(PyValueError::new_err(format!(
+            "center_crop: size must be between 1 and {MAX_SIZE}, got {size} (img shape {shape})"
+        )));
+    }
+    let size = size as usize;
+    let (height, width) = (dims[0], dims[1]);
+    let readonly = array.cast::<PyArray3<u8>>()?.try_readonly()?;
+    let view = readonly.as_array();
+    // `as_slice` on the view is `Some` only in C order; any other layout is copied to C order here.
+    let contiguous;
+    let src = match view.as_slice() {
+        Some(slice) => slice,
+        None => {
+            contiguous = view.iter().copied().collect::<Vec<u8>>();
+            &contiguous
+        }
+    };
+    let out = py.detach(|| {
+        let mut out = vec![0; size * size * 3];
+        center_crop_into(
+            src,
+            width,
+            height,
+            size,
+            flip,
+            &mut out,
+            &mut Scratch::default(),
+        );
+        out
+    });
+    let out = Array3::from_shape_vec((size, size, 3), out)
+        .map_err(|e| PyValueError::new_err(format!("center_crop: internal shape error: {e}")))?;
+    Ok(PyArray3::from_owned_array(py, out))
+}
+
+/// A shape as Python prints it: `(10, 10, 3)`, `(5,)`.
+fn python_tuple(dims: &[usize]) -> String {
+    let items: Vec<String> = dims.iter().map(usize::to_string).collect();
+    match items.as_slice() {
+        [one] => format!("({one},)"),
+        _ => format!("({})", items.join(", ")),
+    }
+}
