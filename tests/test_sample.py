@@ -243,6 +243,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
     with np.load(out / npz_name(n, 32)) as a, np.load(tmp_path / "fresh" / npz_name(n, 32)) as b:
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
     assert len(list(out.glob("[0-9]*.png"))) == n
+    assert not list(out.rglob("*.tmp"))  # temp files of the killed writes are gone
 
 
 def test_rerun_with_other_settings_is_refused(ckpt: Path, tmp_path: Path) -> None:

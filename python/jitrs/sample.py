@@ -170,6 +170,14 @@ class SampleStore:
             done &= in_parts
         return np.flatnonzero(~done).tolist()
 
+    def remove_stale_temps(self) -> None:
+        """Delete the temp files of writes that a killed run left behind (hidden, so never counted as images)."""
+        stale = [*self.out.glob(".*.png.*.tmp"), *self.out.glob("*.tmp")]
+        if self.parts.is_dir():
+            stale += self.parts.glob("*.tmp")
+        for path in stale:
+            path.unlink(missing_ok=True)
+
     def _part_files(self) -> list[Path]:
         return sorted(self.parts.glob("*.npz")) if self.parts.is_dir() else []
 
@@ -413,6 +421,8 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     )
     _check_manifest(opt.out, settings)
     store = SampleStore(opt.out, settings)
+    if rank == 0:
+        store.remove_stale_temps()
     missing = store.missing()
     _barrier(world)  # every rank has listed the directory before anyone writes to it
     if rank == 0:
