@@ -119,7 +119,7 @@ def npz_images(path: Path, batch: int) -> Iterator[np.ndarray]:
         per = int(np.prod(shape[1:]))
         for start in range(0, shape[0], batch):
             count = min(batch, shape[0] - start)
-            yield np.frombuffer(f.read(per * count), dtype=np.uint8).reshape(count, *shape[1:])
+            yield np.frombuffer(bytearray(f.read(per * count)), dtype=np.uint8).reshape(count, *shape[1:])
 
 
 def npz_keys(path: Path) -> list[str]:
