@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jitrs
 import matplotlib
 import numpy as np
 import PIL
-from jitrs import _native
 from PIL import Image
 from sklearn.datasets import load_sample_image
+
+import jitrs
+from jitrs import _native
 
 # (width, height) of the generated images: ImageNet's common shapes, with a tail of large and tall ones.
 SHAPES = [
@@ -100,9 +101,7 @@ def main() -> None:
 
     if _native.BUILD_PROFILE != "release":
         print(f"WARNING: jitrs._native is a {_native.BUILD_PROFILE} build; these timings mean nothing.")
-    print(
-        f"machine: {cpu_model()}, {os.cpu_count()} logical cores; Pillow {PIL.__version__}; one thread each"
-    )
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores; Pillow {PIL.__version__}; one thread each")
     images = sample_images()
     print(f"{len(images)} images: " + ", ".join(f"{a.shape[1]}x{a.shape[0]}" for a in images))
 

@@ -112,9 +112,7 @@ class TimestepEmbedder(nn.Module):
     @staticmethod
     def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half).to(
-            t.device
-        )
+        freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half).to(t.device)
         args = t[:, None].float() * freqs[None]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -192,9 +190,7 @@ class FinalLayer(nn.Module):
 
 
 class JiTBlock(nn.Module):
-    def __init__(
-        self, hidden_size: int, num_heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float
-    ):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
         super().__init__()
         self.norm1 = RMSNorm(hidden_size, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads, attn_drop, proj_drop)
@@ -203,12 +199,8 @@ class JiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, feat_rope: VisionRotaryEmbeddingFast) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
-            6, dim=-1
-        )
-        x = x + gate_msa.unsqueeze(1) * self.attn(
-            modulate(self.norm1(x), shift_msa, scale_msa), rope=feat_rope
-        )
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope=feat_rope)
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -242,21 +234,15 @@ class OfficialJiT(nn.Module):
         self.num_classes = num_classes
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size)
-        self.x_embedder = BottleneckPatchEmbed(
-            input_size, patch_size, in_channels, bottleneck_dim, hidden_size
-        )
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.x_embedder.num_patches, hidden_size), requires_grad=False
-        )
+        self.x_embedder = BottleneckPatchEmbed(input_size, patch_size, in_channels, bottleneck_dim, hidden_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.x_embedder.num_patches, hidden_size), requires_grad=False)
         if in_context_len > 0:
             self.in_context_posemb = nn.Parameter(torch.zeros(1, in_context_len, hidden_size))
             nn.init.normal_(self.in_context_posemb, std=0.02)
         half_head_dim = hidden_size // num_heads // 2
         grid = input_size // patch_size
         self.feat_rope = VisionRotaryEmbeddingFast(half_head_dim, grid, 0, torch.device(device))
-        self.feat_rope_incontext = VisionRotaryEmbeddingFast(
-            half_head_dim, grid, in_context_len, torch.device(device)
-        )
+        self.feat_rope_incontext = VisionRotaryEmbeddingFast(half_head_dim, grid, in_context_len, torch.device(device))
         self.blocks = nn.ModuleList(
             [
                 JiTBlock(
@@ -317,9 +303,7 @@ def official_sample(
     device = labels.device
     bsz = labels.shape[0]
     z = noise_scale * torch.randn(bsz, 3, img_size, img_size, device=device)
-    timesteps = (
-        torch.linspace(0.0, 1.0, steps + 1, device=device).view(-1, *([1] * z.ndim)).expand(-1, bsz, 1, 1, 1)
-    )
+    timesteps = torch.linspace(0.0, 1.0, steps + 1, device=device).view(-1, *([1] * z.ndim)).expand(-1, bsz, 1, 1, 1)
     null = torch.full_like(labels, num_classes)
 
     def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

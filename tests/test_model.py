@@ -6,13 +6,14 @@ import json
 import math
 from pathlib import Path
 
-import jitrs
 import numpy as np
 import pytest
 import torch
-from jitrs.model import JiT, JiT_models, apply_rope
 from official_jit import OfficialJiT
 from torch.utils.flop_counter import FlopCounterMode
+
+import jitrs
+from jitrs.model import JiT, JiT_models, apply_rope
 
 # Every key and shape of the official state dicts, with the parameter totals, read off the official model.
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "official_jit_state_dicts.json").read_text())
@@ -321,9 +322,7 @@ def test_config_round_trips_and_from_name_overrides() -> None:
     assert model.config["num_classes"] == 7 and model.config["proj_drop"] == 0.1
     rebuilt = JiT(**model.config)
     assert rebuilt.config == model.config
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
-        k: v.shape for k, v in model.state_dict().items()
-    }
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     assert json.loads(json.dumps(model.config)) == model.config  # plain values, storable anywhere
     with pytest.raises(ValueError, match="unknown model 'JiT-X/16'"):
         JiT.from_name("JiT-X/16")

@@ -1,11 +1,12 @@
 """jitrs.patchify / jitrs.unpatchify against numpy reshape/transpose and JiT's own unpatchify."""
 
-import jitrs
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import jitrs
 
 DTYPES = [np.uint8, np.float16, np.float32, np.float64]
 
@@ -134,6 +135,14 @@ def test_unaligned_and_byteswapped_inputs():
     tokens = jitrs.patchify(swapped, 4)
     assert tokens.dtype == np.dtype(">f4")
     np.testing.assert_array_equal(tokens, ref_patchify(x, 4))
+
+
+def test_broadcast_and_read_only_inputs():
+    x = np.broadcast_to(np.arange(3, dtype=np.float32), (2, 4, 4, 3))  # zero strides
+    np.testing.assert_array_equal(jitrs.patchify(x, 2), ref_patchify(x, 2))
+    y = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    y.flags.writeable = False
+    np.testing.assert_array_equal(jitrs.patchify(y, 2), ref_patchify(y, 2))
 
 
 def test_empty_batch():

@@ -5,11 +5,12 @@ import re
 import threading
 from pathlib import Path
 
-import jitrs
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_image
+
+import jitrs
 
 
 def read(path: Path) -> np.ndarray:
@@ -81,9 +82,7 @@ def test_non_contiguous_images(tmp_path, photo):
 
 def test_existing_file_is_replaced_completely(tmp_path, photo):
     path = tmp_path / "x.png"
-    path.write_bytes(
-        b"\xff" * 2_000_000
-    )  # larger than the new PNG: a non-truncating write would leave a tail
+    path.write_bytes(b"\xff" * 2_000_000)  # larger than the new PNG: a non-truncating write would leave a tail
     jitrs.write_png(path, photo[:16, :16])
     np.testing.assert_array_equal(read(path), photo[:16, :16])
     assert path.stat().st_size < 2_000

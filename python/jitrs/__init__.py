@@ -5,7 +5,16 @@ host memory -> GPU) -> `model.JiT` -> `flow.Flow` (loss, samplers) -> `write_png
 """
 
 from jitrs import _native
-from jitrs._native import center_crop, patchify, unpatchify, write_png, write_pngs
+from jitrs._native import (
+    DecodeError,
+    center_crop,
+    decode,
+    load_batch,
+    patchify,
+    unpatchify,
+    write_png,
+    write_pngs,
+)
 from jitrs.checkpoint import (
     Checkpoint,
     checkpoint_payload,
@@ -18,12 +27,15 @@ from jitrs.model import JiT, JiT_models
 
 __all__ = [
     "Checkpoint",
+    "DecodeError",
     "Flow",
     "JiT",
     "JiT_models",
     "_native",
     "center_crop",
     "checkpoint_payload",
+    "decode",
+    "load_batch",
     "load_checkpoint",
     "patchify",
     "save_checkpoint",

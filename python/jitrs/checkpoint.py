@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -187,32 +188,28 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
 
 
 def _torch_load(path: Path, head: bytes) -> Any:
-    if not (
-        head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
-    ):  # zip (torch.save) or a legacy pickle
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # zip (torch.save) or a legacy pickle
         raise UserError(f"{path}: not a checkpoint (neither a torch.save file nor .safetensors)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "WeightsUnpickler" in str(e):
+        culprit = re.search(r"GLOBAL ([\w.]+)", str(e), flags=re.IGNORECASE)
+        if culprit or "WeightsUnpickler" in str(e):
+            what = f" ({culprit.group(1)})" if culprit else ""
             raise UserError(
                 f"{path}: refused for safety: its pickle holds objects other than tensors, plain containers "
-                "and argparse.Namespace, and loading them could run arbitrary code"
+                f"and argparse.Namespace{what}, and loading them could run arbitrary code"
             ) from None
         raise UserError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
     except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(
-            f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(e)})"
-        ) from None
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(e)})") from None
 
 
 def _from_official(path: Path, obj: dict[str, Any]) -> Checkpoint:
     args = obj["args"]
     if not isinstance(args, argparse.Namespace):
-        raise UserError(
-            f"{path}: 'args' is a {type(args).__name__}, not the argparse.Namespace official files hold"
-        )
+        raise UserError(f"{path}: 'args' is a {type(args).__name__}, not the argparse.Namespace official files hold")
     missing = [a for a in ("model", "img_size", "class_num") if not hasattr(args, a)]
     if missing:
         raise UserError(f"{path}: its 'args' lacks {', '.join(missing)}, needed to rebuild the model")
@@ -238,9 +235,7 @@ def _from_official(path: Path, obj: dict[str, Any]) -> Checkpoint:
     flow = {k: getattr(args, k) for k in flow_keys if hasattr(args, k)}
     if "label_drop_prob" in flow:
         flow["label_drop"] = flow.pop("label_drop_prob")
-    weights = {
-        kind: _strip_prefix(path, key, obj[key]) for key, kind in _OFFICIAL_KINDS.items() if key in obj
-    }
+    weights = {kind: _strip_prefix(path, key, obj[key]) for key, kind in _OFFICIAL_KINDS.items() if key in obj}
     epoch = obj.get("epoch")
     raw = {k: v for k, v in obj.items() if k not in _OFFICIAL_KINDS and k != "args"}
     return Checkpoint(
@@ -262,9 +257,7 @@ def _from_jitrs(path: Path, obj: dict[str, Any]) -> Checkpoint:
     if "config" not in obj:
         raise UserError(f"{path}: jitrs checkpoint lacks its 'config'")
     config = _check_config(path, obj["config"])
-    weights = {
-        kind: _strip_prefix(path, kind, obj[kind]) for kind in WEIGHT_KINDS if obj.get(kind) is not None
-    }
+    weights = {kind: _strip_prefix(path, kind, obj[kind]) for kind in WEIGHT_KINDS if obj.get(kind) is not None}
     if not weights:
         raise UserError(f"{path}: jitrs checkpoint holds no weights (none of {', '.join(WEIGHT_KINDS)})")
     flow = dict(obj.get("flow") or {})
@@ -290,9 +283,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable .safetensors file ({_first_line(e)})") from None
     if meta.get("format") != "jitrs" or "config" not in meta:
-        raise UserError(
-            f"{path}: .safetensors without jitrs metadata (no model config): save it with save_safetensors"
-        )
+        raise UserError(f"{path}: .safetensors without jitrs metadata (no model config): save it with save_safetensors")
     try:
         config = json.loads(meta["config"])
         name, flow, class_names, step = (
@@ -351,9 +342,7 @@ def _check_architecture(path: Path, kind: str, config: dict[str, Any], sd: State
     extra = [k for k in sd if k not in expected]
     if extra:
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
-        raise UserError(
-            f"{path}: {kind!r} weights have unexpected key {extra[0]}{more} for this architecture"
-        )
+        raise UserError(f"{path}: {kind!r} weights have unexpected key {extra[0]}{more} for this architecture")
     for k, v in expected.items():
         if sd[k].shape != v.shape:
             raise UserError(

@@ -82,9 +82,7 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
     """
     quarter = dim // 4
     omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)  # (dim/4,)
-    rows, cols = np.meshgrid(
-        np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij"
-    )
+    rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
 
     def encode(pos: np.ndarray) -> np.ndarray:
         angles = pos.reshape(-1, 1) * omega  # (grid*grid, dim/4)
@@ -155,9 +153,7 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(self.freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
-        )
+        self.mlp = nn.Sequential(nn.Linear(self.freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
@@ -194,9 +190,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        q, k, v = (
-            self.qkv(x).view(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        )  # (B, H, N, d)
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d)
         # RoPE tables are float32; cast back so SDPA sees one dtype (bf16 under autocast).
         q = apply_rope(self.q_norm(q), cos, sin).to(v.dtype)
         k = apply_rope(self.k_norm(k), cos, sin).to(v.dtype)
@@ -222,9 +216,7 @@ class SwiGLUFFN(nn.Module):
 class JiTBlock(nn.Module):
     """Transformer block with adaLN-Zero conditioning on c (B, D): x (B, N, D) -> (B, N, D)."""
 
-    def __init__(
-        self, hidden_size: int, num_heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float
-    ):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
         super().__init__()
         self.norm1 = RMSNorm(hidden_size)
         self.attn = Attention(hidden_size, num_heads, attn_drop, proj_drop)
@@ -431,18 +423,14 @@ def _validate(args: dict[str, Any]) -> None:
     if not isinstance(args["num_classes"], int) or args["num_classes"] < 1:
         raise ValueError(f"JiT: num_classes must be an integer >= 1, got {args['num_classes']!r}")
     if args["input_size"] % args["patch_size"]:
-        raise ValueError(
-            f"JiT: input_size {args['input_size']} is not a multiple of patch_size {args['patch_size']}"
-        )
+        raise ValueError(f"JiT: input_size {args['input_size']} is not a multiple of patch_size {args['patch_size']}")
     if args["hidden_size"] % args["num_heads"] or (args["hidden_size"] // args["num_heads"]) % 4:
         raise ValueError(
             f"JiT: hidden_size {args['hidden_size']} / num_heads {args['num_heads']} must be a head size "
             "divisible by 4 (2-D RoPE rotates pairs in two halves)"
         )
     if args["hidden_size"] % 4:
-        raise ValueError(
-            f"JiT: hidden_size {args['hidden_size']} must be divisible by 4 (2-D sin-cos embedding)"
-        )
+        raise ValueError(f"JiT: hidden_size {args['hidden_size']} must be divisible by 4 (2-D sin-cos embedding)")
     if not isinstance(args["in_context_len"], int) or args["in_context_len"] < 0:
         raise ValueError(f"JiT: in_context_len must be an integer >= 0, got {args['in_context_len']!r}")
     if args["in_context_len"] > 0 and not 0 <= args["in_context_start"] < args["depth"]:

@@ -10,7 +10,7 @@
 //! Only the pixels the crop keeps are computed: the kept output ranges are walked back through the
 //! resize steps to find the input rectangle each step needs (see `resample`).
 
-use crate::resample::{horizontal, vertical, vertical_first, AxisTaps, Filter, Plane};
+use crate::resample::{horizontal, vertical, vertical_first, AxisTaps, Column, Filter, Plane};
 
 /// The taps of one resize of the ADM chain, for the outputs that later steps use.
 #[derive(Default)]
@@ -28,7 +28,7 @@ pub struct Scratch {
     /// Output of the previous step and of the current one.
     current: Vec<u8>,
     next: Vec<u8>,
-    block: Vec<u8>,
+    block: Vec<Column>,
     acc: Vec<i32>,
 }
 
@@ -290,6 +290,33 @@ mod tests {
                     assert_eq!(a, b, "size {size} at {x},{y}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn reused_scratch_gives_the_same_crops() {
+        let mut scratch = Scratch::default();
+        let cases = [
+            (123, 77, 32, false),
+            (123, 77, 32, true),
+            (64, 200, 16, false),
+            (500, 375, 40, true),
+        ];
+        for &(w, h, size, flip) in cases
+            .iter()
+            .chain(&cases)
+            .chain(&[(123, 77, 32, false), (9, 9, 9, false)])
+        {
+            let src: Vec<u8> = (0..w * h * 3)
+                .map(|i| ((i * 2654435761usize) >> 9) as u8)
+                .collect();
+            let mut reused = vec![0; size * size * 3];
+            center_crop_into(&src, w, h, size, flip, &mut reused, &mut scratch);
+            assert_eq!(
+                reused,
+                crop(&src, w, h, size, flip),
+                "{w}x{h} -> {size} flip {flip}"
+            );
         }
     }
 }

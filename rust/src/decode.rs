@@ -42,7 +42,8 @@ impl Decoder {
         Self::default()
     }
 
-    /// Decodes an encoded image into `out` (resized to `height * width * 3` RGB bytes) and returns
+    /// Decodes an encoded image into `out` (resized to `height * width * 3` RGB bytes, every one
+    /// overwritten, so old contents need no clearing) and returns
     /// `(width, height)`. Refuses, before allocating, an image whose header declares more than
     /// `max_pixels` pixels.
     pub fn decode_into(
@@ -117,13 +118,13 @@ impl Decoder {
         let rgb_len = width * height * 3;
         match header.samples {
             jpeg::Samples::Rgb => {
-                resize(out, rgb_len);
+                out.resize(rgb_len, 0);
                 tj.decompress(data, &header, out)?;
             }
             jpeg::Samples::Cmyk => {
-                resize(&mut self.scratch, width * height * 4);
+                self.scratch.resize(width * height * 4, 0);
                 tj.decompress(data, &header, &mut self.scratch)?;
-                resize(out, rgb_len);
+                out.resize(rgb_len, 0);
                 inverted_cmyk_to_rgb(&self.scratch, out);
             }
         }
@@ -169,11 +170,6 @@ fn read_file(path: &Path, buf: &mut Vec<u8>) -> Result<(), Error> {
         .and_then(|mut f| f.read_to_end(buf))
         .map_err(io_error)?;
     Ok(())
-}
-
-fn resize(buf: &mut Vec<u8>, len: usize) {
-    buf.clear();
-    buf.resize(len, 0);
 }
 
 /// CMYK JPEG samples to RGB exactly as Pillow: it reads every 4-channel JPEG as Adobe-inverted CMYK

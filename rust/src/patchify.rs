@@ -154,7 +154,7 @@ pub fn unpatchify<T: Copy + Send + Sync>(
     check_grid(height, width, p)?;
     let (gh, gw) = (height / p, width / p);
     let pp = p * p;
-    if n != gh * gw || d % pp != 0 || d == 0 {
+    if n != gh * gw || !d.is_multiple_of(pp) || d == 0 {
         return Err(PatchError::TokenShape {
             tokens: n,
             token_len: d,
@@ -183,18 +183,18 @@ fn check_grid(height: usize, width: usize, p: usize) -> Result<(), PatchError> {
     if p == 0 {
         return Err(PatchError::PatchSize(p));
     }
-    if height % p != 0 || width % p != 0 {
+    if !height.is_multiple_of(p) || !width.is_multiple_of(p) {
         return Err(PatchError::NotMultiple { height, width, p });
     }
     Ok(())
 }
 
-/// How the innermost axes of a copy are moved, once per block of `block_len` output elements.
+/// How the innermost axes of a copy are moved, once per run of `len()` output elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Inner {
     /// `len` source elements are contiguous: one memcpy.
     Run { len: usize },
-    /// out[i*cols + j] = src[i + j*col_stride]: read contiguous rows, write interleaved.
+    /// out[i*cols + j] = src[i + j*col_stride]: read `cols` contiguous rows, write them interleaved.
     Transpose {
         rows: usize,
         cols: usize,
@@ -205,49 +205,79 @@ enum Inner {
 }
 
 impl Inner {
-    fn block_len(self) -> usize {
+    fn len(self) -> usize {
         match self {
             Inner::Run { len } | Inner::Gather { len, .. } => len,
             Inner::Transpose { rows, cols, .. } => rows * cols,
         }
     }
+}
 
-    /// Callers guarantee (via `Strided::new`) that every index read is inside `src`.
-    #[inline]
-    fn copy<T: Copy>(self, src: &[T], base: isize, out: &mut [T]) {
-        match self {
-            Inner::Run { len } => {
-                let start = base as usize;
-                out.copy_from_slice(&src[start..start + len]);
-            }
-            Inner::Transpose {
-                rows,
-                cols,
-                col_stride,
-            } => {
-                for j in 0..cols {
-                    let start = (base + j as isize * col_stride) as usize;
-                    let row = &src[start..start + rows];
-                    for (dst, &v) in out[j..].iter_mut().step_by(cols).zip(row) {
-                        *dst = v;
-                    }
-                }
-            }
-            Inner::Gather { stride, .. } => {
-                for (i, dst) in out.iter_mut().enumerate() {
-                    *dst = src[(base + i as isize * stride) as usize];
-                }
-            }
+#[inline]
+fn run<T: Copy>(src: &[T], base: isize, out: &mut [T]) {
+    let start = base as usize;
+    out.copy_from_slice(&src[start..start + out.len()]);
+}
+
+#[inline]
+fn transpose_any<T: Copy>(src: &[T], base: isize, cols: usize, col_stride: isize, out: &mut [T]) {
+    let rows = out.len() / cols;
+    for j in 0..cols {
+        let start = (base + j as isize * col_stride) as usize;
+        let row = &src[start..start + rows];
+        for (dst, &v) in out[j..].iter_mut().step_by(cols).zip(row) {
+            *dst = v;
         }
     }
 }
 
+#[inline]
+fn gather_any<T: Copy>(src: &[T], base: isize, stride: isize, out: &mut [T]) {
+    for (i, dst) in out.iter_mut().enumerate() {
+        *dst = src[(base + i as isize * stride) as usize];
+    }
+}
+
+/// `Inner::Transpose` with `K` columns.
+#[inline]
+fn transpose<T: Copy, const K: usize>(src: &[T], base: isize, col_stride: isize, out: &mut [T]) {
+    let rows = out.len() / K;
+    let columns: [&[T]; K] = std::array::from_fn(|j| {
+        let start = (base + j as isize * col_stride) as usize;
+        &src[start..start + rows]
+    });
+    let (pixels, _) = out.as_chunks_mut::<K>();
+    for (i, pixel) in pixels.iter_mut().enumerate() {
+        for (dst, column) in pixel.iter_mut().zip(&columns) {
+            *dst = column[i];
+        }
+    }
+}
+
+/// `Inner::Gather` with a stride of `K` elements.
+#[inline]
+fn gather<T: Copy, const K: usize>(src: &[T], base: isize, out: &mut [T]) {
+    // Gather runs always have len >= 2: Plan drops unit axes.
+    let len = out.len();
+    let start = base as usize;
+    // The last element read is at (len-1)*K; reading whole K-chunks could run past the buffer.
+    let (chunks, _) = src[start..start + (len - 1) * K].as_chunks::<K>();
+    for (dst, chunk) in out.iter_mut().zip(chunks) {
+        *dst = chunk[0];
+    }
+    out[len - 1] = src[start + (len - 1) * K];
+}
+
 /// A copy of a strided N-axis view into a contiguous row-major output, after merging axes.
+/// Output blocks are `rep` inner runs, one per step of the innermost outer axis: looping that axis
+/// inside a block keeps the odometer's per-block cost off the short runs.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     outer_dims: [usize; MAX_AXES],
     outer_strides: [isize; MAX_AXES],
     outer_len: usize,
+    rep: usize,
+    rep_stride: isize,
     inner: Inner,
 }
 
@@ -295,21 +325,73 @@ impl Plan {
                 1,
             )
         };
+        let mut outer_len = k - n_inner;
+        let (mut rep, mut rep_stride) = (1, 0);
+        if outer_len > 0 {
+            outer_len -= 1;
+            (rep, rep_stride) = (d[outer_len], s[outer_len]);
+        }
         let mut outer_dims = [1usize; MAX_AXES];
         let mut outer_strides = [0isize; MAX_AXES];
-        let outer_len = k - n_inner;
         outer_dims[..outer_len].copy_from_slice(&d[..outer_len]);
         outer_strides[..outer_len].copy_from_slice(&s[..outer_len]);
         Plan {
             outer_dims,
             outer_strides,
             outer_len,
+            rep,
+            rep_stride,
             inner,
         }
     }
 
-    /// Copies the blocks `first_block..` into `out` (a whole number of blocks).
+    fn block_len(&self) -> usize {
+        self.rep * self.inner.len()
+    }
+
+    /// Copies the blocks `first_block..` into `out` (a whole number of blocks). The kind of inner
+    /// run is chosen once here, so each `walk` below is a tight loop over one kind.
     fn copy_blocks<T: Copy>(&self, src: &[T], offset: usize, first_block: usize, out: &mut [T]) {
+        let at = (src, offset, first_block);
+        match self.inner {
+            Inner::Run { .. } => self.walk(at, out, run),
+            // Image channels are 1 to 4: a fixed count lets the compiler unroll and vectorise.
+            Inner::Transpose {
+                cols: 2,
+                col_stride,
+                ..
+            } => self.walk(at, out, |s, b, o| transpose::<T, 2>(s, b, col_stride, o)),
+            Inner::Transpose {
+                cols: 3,
+                col_stride,
+                ..
+            } => self.walk(at, out, |s, b, o| transpose::<T, 3>(s, b, col_stride, o)),
+            Inner::Transpose {
+                cols: 4,
+                col_stride,
+                ..
+            } => self.walk(at, out, |s, b, o| transpose::<T, 4>(s, b, col_stride, o)),
+            Inner::Transpose {
+                cols, col_stride, ..
+            } => self.walk(at, out, |s, b, o| transpose_any(s, b, cols, col_stride, o)),
+            Inner::Gather { stride: 2, .. } => self.walk(at, out, gather::<T, 2>),
+            Inner::Gather { stride: 3, .. } => self.walk(at, out, gather::<T, 3>),
+            Inner::Gather { stride: 4, .. } => self.walk(at, out, gather::<T, 4>),
+            Inner::Gather { stride, .. } => {
+                self.walk(at, out, |s, b, o| gather_any(s, b, stride, o))
+            }
+        }
+    }
+
+    /// Calls `copy(src, base, run)` for each inner run of the blocks `first_block..`, where `base` is
+    /// the run's first source index. Callers guarantee (via `Strided::new`) every read is inside `src`.
+    #[inline]
+    fn walk<T: Copy>(
+        &self,
+        (src, offset, first_block): (&[T], usize, usize),
+        out: &mut [T],
+        copy: impl Fn(&[T], isize, &mut [T]),
+    ) {
         let dims = &self.outer_dims[..self.outer_len];
         let strides = &self.outer_strides[..self.outer_len];
         let mut index = [0usize; MAX_AXES];
@@ -320,8 +402,12 @@ impl Plan {
             rest /= dims[k];
             base += index[k] as isize * strides[k];
         }
-        for block in out.chunks_exact_mut(self.inner.block_len()) {
-            self.inner.copy(src, base, block);
+        for block in out.chunks_exact_mut(self.block_len()) {
+            let mut run_base = base;
+            for run in block.chunks_exact_mut(self.inner.len()) {
+                copy(src, run_base, run);
+                run_base += self.rep_stride;
+            }
             for k in (0..self.outer_len).rev() {
                 index[k] += 1;
                 base += strides[k];
@@ -357,7 +443,7 @@ fn strided_copy<T: Copy + Send + Sync>(
     // Revalidate in the permuted axes so the copy below can never index outside `src`.
     let view = Strided::new(src, offset, dims, strides)?;
     let plan = Plan::new(view.shape, view.strides);
-    let block = plan.inner.block_len();
+    let block = plan.block_len();
     let elem = std::mem::size_of::<T>().max(1);
     if expected * elem < PARALLEL_MIN_BYTES {
         plan.copy_blocks(src, offset, 0, out);
@@ -450,6 +536,38 @@ mod tests {
         let mut out = vec![0; chw.len()];
         patchify(&view, p, &mut out).unwrap();
         assert_eq!(out, reference_patchify(&hwc, b, h, w, c, p));
+    }
+
+    /// Every channel count hits a different inner kernel: the fixed 2/3/4-channel transposes and
+    /// gathers, and the generic ones (5, 6 channels).
+    #[test]
+    fn channel_first_every_channel_count() {
+        for c in 1..=6 {
+            for p in 1..=3 {
+                let (b, h, w) = (2, 2 * p, 3 * p);
+                let hwc = iota(b * h * w * c);
+                let mut chw = vec![0; hwc.len()];
+                for (i, &v) in hwc.iter().enumerate() {
+                    let (ch, x, y, bi) = (i % c, i / c % w, i / (c * w) % h, i / (c * w * h));
+                    chw[((bi * c + ch) * h + y) * w + x] = v;
+                }
+                let (hw, chw_len) = ((h * w) as isize, (c * h * w) as isize);
+                let view =
+                    Strided::new(&chw, 0, [b, h, w, c], [chw_len, w as isize, 1, hw]).unwrap();
+                let mut tokens = vec![0; hwc.len()];
+                patchify(&view, p, &mut tokens).unwrap();
+                assert_eq!(
+                    tokens,
+                    reference_patchify(&hwc, b, h, w, c, p),
+                    "c={c} p={p}"
+                );
+                let tview =
+                    Strided::contiguous(&tokens, [b, (h / p) * (w / p), p * p * c]).unwrap();
+                let mut back = vec![0; hwc.len()];
+                unpatchify(&tview, p, h, w, false, &mut back).unwrap();
+                assert_eq!(back, chw, "c={c} p={p}");
+            }
+        }
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! RGB, but evaluated only for the output pixels a caller keeps.
 //!
 //! Pillow resizes in two passes, rounding to `u8` in between: horizontal first, except (since Pillow 13,
-//! python-pillow/Pillow#9549) when the height shrinks by more than twice as many pixels as the width. Each output sample is a
-//! fixed-point dot product of its own input taps, so computing a subset of outputs gives exactly the values
-//! the full resize would. Coefficients follow `precompute_coeffs` + `normalize_coeffs_8bpc`: weights in
-//! double, normalised by their sum, then rounded away from zero to 22-bit fixed point; the accumulator starts
-//! at one half and the result is clipped to 0..=255.
+//! python-pillow/Pillow#9549) when the height shrinks by more than twice as many pixels as the width.
+//! Each output sample is a fixed-point dot product of its own input taps, so computing a subset of outputs
+//! gives exactly the values the full resize would. Coefficients follow `precompute_coeffs` and
+//! `normalize_coeffs_8bpc`: weights in double, normalised by their sum, then rounded away from zero to
+//! 22-bit fixed point; the accumulator starts at one half and the result is clipped to 0..=255.
 
 use std::ops::Range;
 
@@ -19,8 +19,6 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Rows transposed together in the horizontal pass, so one weight multiplies a whole column of pixels.
 const BLOCK_ROWS: usize = 8;
-/// `i32` lanes per transposed column: `BLOCK_ROWS` pixels of 3 channels.
-const LANES: usize = BLOCK_ROWS * 3;
 
 /// The resampling filters the ADM center crop uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +150,8 @@ pub struct AxisTaps {
     unpadded: Vec<i32>,
     spans: Vec<(usize, usize)>,
     doubles: Vec<f64>,
+    /// The arguments of the last `build`: images of one size repeat, and so do their taps.
+    built_for: Option<(usize, usize, Filter, Range<usize>, bool)>,
 }
 
 impl AxisTaps {
@@ -164,6 +164,11 @@ impl AxisTaps {
         kept: Range<usize>,
         reversed: bool,
     ) {
+        let key = Some((in_size, out_size, filter, kept.clone(), reversed));
+        if self.built_for == key {
+            return;
+        }
+        self.built_for = key;
         self.unpadded.clear();
         self.spans.clear();
         let (mut lo, mut hi, mut k) = (usize::MAX, 0, 0);
@@ -226,7 +231,8 @@ impl AxisTaps {
     }
 }
 
-/// A rectangle of an interleaved RGB `u8` image: `rows` rows of `width` pixels, row `r` at `data[r * stride..]`.
+/// A rectangle of an interleaved RGB `u8` image: `rows` rows of `width` pixels, row `r` at
+/// `data[r * stride..]`.
 #[derive(Clone, Copy)]
 pub struct Plane<'a> {
     pub data: &'a [u8],
@@ -241,39 +247,151 @@ impl Plane<'_> {
     }
 }
 
+/// Calls `$kernel` compiled for AVX2 when the CPU has it, else `$generic` (the code for the baseline
+/// target). Pillow's 32-bit products vectorise only with a native `i32` multiply, which baseline x86-64
+/// lacks.
+macro_rules! dispatch {
+    ($generic:ident, $kernel:ident, ($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                return unsafe { $kernel($($arg),*) };
+            }
+        }
+        $generic($($arg),*)
+    }};
+}
+
 /// Horizontal pass: every row of `src` (which spans `taps.lo()..taps.hi()`) resampled to the kept
 /// columns, written to `dst` as `src.rows` rows of `taps.len()` pixels. `block` is reused scratch.
-pub fn horizontal(src: &Plane, taps: &AxisTaps, block: &mut Vec<u8>, dst: &mut [u8]) {
+pub fn horizontal(src: &Plane, taps: &AxisTaps, block: &mut Vec<Column>, dst: &mut [u8]) {
     if taps.is_empty() {
         return;
     }
-    let dst_stride = taps.len() * 3;
     debug_assert_eq!(src.width, taps.hi - taps.lo);
-    debug_assert!(dst.len() >= src.rows * dst_stride);
+    debug_assert!(dst.len() >= src.rows * taps.len() * 3);
     if taps.halves {
-        for r in 0..src.rows {
-            let row = src.row(r);
-            let out = &mut dst[r * dst_stride..][..dst_stride];
-            for (&start, px) in taps.starts.iter().zip(out.chunks_exact_mut(3)) {
+        dispatch!(
+            horizontal_halves,
+            horizontal_halves_avx2,
+            (src, taps, block, dst)
+        )
+    } else {
+        dispatch!(
+            horizontal_blocks_portable,
+            horizontal_blocks_avx2,
+            (src, taps, block, dst)
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn horizontal_halves_avx2(src: &Plane, taps: &AxisTaps, block: &mut Vec<Column>, dst: &mut [u8]) {
+    horizontal_halves(src, taps, block, dst)
+}
+
+#[inline(always)]
+fn horizontal_halves(src: &Plane, taps: &AxisTaps, block: &mut Vec<Column>, dst: &mut [u8]) {
+    let n_out = taps.len();
+    let dst_stride = n_out * 3;
+    let first = taps.starts[0];
+    let consecutive = taps
+        .starts
+        .iter()
+        .enumerate()
+        .all(|(i, &start)| start == first + 2 * i);
+    // Scratch for the averages of every byte with the same byte of the next pixel.
+    let span = n_out * 6;
+    block.resize(span.div_ceil(size_of::<Column>()), [[0; 4]; BLOCK_ROWS]);
+    let pairs = &mut block.as_flattened_mut().as_flattened_mut()[..span - 3];
+    for r in 0..src.rows {
+        let row = src.row(r);
+        let out = &mut dst[r * dst_stride..][..dst_stride];
+        if consecutive {
+            // Average the whole span in one vectorisable pass, then keep the first pixel of each pair.
+            let row = &row[first * 3..first * 3 + span];
+            for ((p, &a), &b) in pairs.iter_mut().zip(row).zip(&row[3..]) {
+                *p = average(a, b);
+            }
+            let (rest, last) = out.split_at_mut(dst_stride - 3);
+            for (o, p) in rest.chunks_exact_mut(3).zip(pairs.chunks_exact(6)) {
+                o.copy_from_slice(&p[..3]);
+            }
+            last.copy_from_slice(&pairs[span - 6..span - 3]);
+        } else {
+            for (px, &start) in out.chunks_exact_mut(3).zip(&taps.starts) {
                 let pair = &row[start * 3..start * 3 + 6];
                 for c in 0..3 {
                     px[c] = average(pair[c], pair[c + 3]);
                 }
             }
         }
-        return;
     }
-    // Transpose BLOCK_ROWS rows so that a column of pixels is contiguous: each weight then multiplies
-    // LANES values at once, which the compiler turns into vector multiply-adds.
+}
+
+/// One transposed column: the pixel at one x in each of BLOCK_ROWS consecutive rows, padded to 4 bytes
+/// (the fourth is ignored) so that pixels move with single 4-byte copies.
+pub type Column = [[u8; 4]; BLOCK_ROWS];
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn horizontal_blocks_avx2(src: &Plane, taps: &AxisTaps, block: &mut Vec<Column>, dst: &mut [u8]) {
+    horizontal_blocks(src, taps, block, dst, |columns, weights| {
+        avx2::column_dot(columns, weights)
+    })
+}
+
+fn horizontal_blocks_portable(
+    src: &Plane,
+    taps: &AxisTaps,
+    block: &mut Vec<Column>,
+    dst: &mut [u8],
+) {
+    horizontal_blocks(src, taps, block, dst, column_dot)
+}
+
+/// One output pixel for each of the BLOCK_ROWS rows: the weighted sum of consecutive transposed columns.
+#[inline(always)]
+fn column_dot(columns: &[Column], weights: &[i32]) -> Column {
+    let mut acc = [[ROUND_HALF; 4]; BLOCK_ROWS];
+    for (column, &w) in columns.iter().zip(weights) {
+        for (a, px) in acc.iter_mut().zip(column) {
+            for (a, &p) in a.iter_mut().zip(px) {
+                *a += w * i32::from(p);
+            }
+        }
+    }
+    acc.map(|a| a.map(clip8))
+}
+
+#[inline(always)]
+fn horizontal_blocks(
+    src: &Plane,
+    taps: &AxisTaps,
+    block: &mut Vec<Column>,
+    dst: &mut [u8],
+    dot: impl Fn(&[Column], &[i32]) -> Column,
+) {
+    let dst_stride = taps.len() * 3;
+    let n_out = taps.len();
     block.clear();
-    block.resize(src.width * LANES, 0);
-    let (columns, _) = block.as_chunks_mut::<LANES>();
+    block.resize(src.width, [[0; 4]; BLOCK_ROWS]);
     for r0 in (0..src.rows).step_by(BLOCK_ROWS) {
         let n_rows = BLOCK_ROWS.min(src.rows - r0);
         for r in 0..n_rows {
-            for (column, px) in columns.iter_mut().zip(src.row(r0 + r).chunks_exact(3)) {
-                column[r * 3..r * 3 + 3].copy_from_slice(px);
+            let row = src.row(r0 + r);
+            // Four bytes at a time: the fourth is the next pixel's first, and ignored. The last pixel
+            // has no byte after it.
+            let Some((last, rest)) = block.split_last_mut() else {
+                return;
+            };
+            for (column, quad) in rest.iter_mut().zip(row.windows(4).step_by(3)) {
+                column[r].copy_from_slice(quad);
             }
+            let tail = &row[row.len() - 3..];
+            last[r] = [tail[0], tail[1], tail[2], 0];
         }
         let out = &mut dst[r0 * dst_stride..];
         for (i, (&start, weights)) in taps
@@ -282,19 +400,53 @@ pub fn horizontal(src: &Plane, taps: &AxisTaps, block: &mut Vec<u8>, dst: &mut [
             .zip(taps.weights.chunks_exact(taps.k))
             .enumerate()
         {
-            let mut acc = [ROUND_HALF; LANES];
-            for (column, &w) in columns[start..start + taps.k].iter().zip(weights) {
-                for (a, &p) in acc.iter_mut().zip(column) {
-                    *a += w * i32::from(p);
-                }
-            }
-            for r in 0..n_rows {
-                let px = &mut out[r * dst_stride + i * 3..][..3];
-                for c in 0..3 {
-                    px[c] = clip8(acc[r * 3 + c]);
+            let px = dot(&block[start..start + taps.k], weights);
+            for (r, px) in px.iter().enumerate().take(n_rows) {
+                let at = r * dst_stride + i * 3;
+                // A 4-byte store is cheaper; its extra byte is overwritten by the next pixel of the row.
+                if i + 1 < n_out {
+                    out[at..at + 4].copy_from_slice(px);
+                } else {
+                    out[at..at + 3].copy_from_slice(&px[..3]);
                 }
             }
         }
+    }
+}
+
+/// Hand-vectorised kernels: LLVM vectorises `column_dot` across taps (with byte gathers) rather than across
+/// lanes, so the AVX2 version spells the lane-wise multiply-add out.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Column, PRECISION_BITS, ROUND_HALF};
+
+    /// Eight bytes (two padded pixels) zero-extended to eight `i32` lanes.
+    #[target_feature(enable = "avx2")]
+    fn widen(bytes: &[u8; 8]) -> __m256i {
+        _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(*bytes)))
+    }
+
+    /// Same as `super::column_dot`.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn column_dot(columns: &[Column], weights: &[i32]) -> Column {
+        // acc[g] holds rows 2g and 2g + 1, four lanes each.
+        let mut acc = [_mm256_set1_epi32(ROUND_HALF); 4];
+        for (column, &w) in columns.iter().zip(weights) {
+            let w = _mm256_set1_epi32(w);
+            let (pairs, _) = column.as_flattened().as_chunks::<8>();
+            for (a, pair) in acc.iter_mut().zip(pairs) {
+                *a = _mm256_add_epi32(*a, _mm256_mullo_epi32(widen(pair), w));
+            }
+        }
+        let [a0, a1, a2, a3] = acc.map(|a| _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(a));
+        // acc >> 22 lies in -512..512, so the two unsigned-saturating packs clip to 0..=255 exactly.
+        // Within 128-bit halves they interleave: 32-bit lanes come out as rows 0 2 4 6 1 3 5 7.
+        let bytes = _mm256_packus_epi16(_mm256_packus_epi32(a0, a1), _mm256_packus_epi32(a2, a3));
+        let rows = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: a 256-bit vector and eight 4-byte arrays are the same 32 bytes of plain integers.
+        unsafe { std::mem::transmute::<__m256i, Column>(rows) }
     }
 }
 
@@ -312,6 +464,37 @@ pub fn vertical(
     if taps.is_empty() {
         return;
     }
+    dispatch!(
+        vertical_rows,
+        vertical_rows_avx2,
+        (src, src_stride, row_len, taps, acc, dst, dst_stride)
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn vertical_rows_avx2(
+    src: &[u8],
+    src_stride: usize,
+    row_len: usize,
+    taps: &AxisTaps,
+    acc: &mut Vec<i32>,
+    dst: &mut [u8],
+    dst_stride: usize,
+) {
+    vertical_rows(src, src_stride, row_len, taps, acc, dst, dst_stride)
+}
+
+#[inline(always)]
+fn vertical_rows(
+    src: &[u8],
+    src_stride: usize,
+    row_len: usize,
+    taps: &AxisTaps,
+    acc: &mut Vec<i32>,
+    dst: &mut [u8],
+    dst_stride: usize,
+) {
     let row = |r: usize| &src[r * src_stride..][..row_len];
     if taps.halves {
         for (i, &start) in taps.starts.iter().enumerate() {
@@ -461,6 +644,14 @@ mod tests {
         let mut backward = taps.starts.clone();
         backward.reverse();
         assert_eq!(forward, backward);
+        // Reusing the tables for the same arguments, rebuilding them for others.
+        taps.build(100, 50, Filter::Bicubic, 10..20, true);
+        assert_eq!(taps.starts.first(), backward.last());
+        taps.build(100, 50, Filter::Box, 10..20, false);
+        assert_eq!(
+            (taps.lo(), taps.k, taps.starts[0], taps.halves),
+            (20, 2, 0, true)
+        );
     }
 
     /// Straightforward per-pixel resample of one channel along rows, as Pillow loops it.
@@ -500,6 +691,12 @@ mod tests {
             };
             let mut dst = vec![0; rows * taps.len() * 3];
             horizontal(&plane, &taps, &mut Vec::new(), &mut dst);
+            // The dispatched kernel may be the AVX2 one; the portable one must agree.
+            let mut portable = vec![0; dst.len()];
+            if !taps.halves {
+                horizontal_blocks_portable(&plane, &taps, &mut Vec::new(), &mut portable);
+                assert_eq!(portable, dst);
+            }
             for r in 0..rows {
                 for c in 0..3 {
                     let channel: Vec<u8> =

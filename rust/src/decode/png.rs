@@ -39,8 +39,7 @@ pub(super) fn decode(
             "PNG size {width}x{height} does not fit in memory"
         )));
     };
-    scratch.clear();
-    scratch.resize(len, 0);
+    scratch.resize(len, 0); // fully overwritten by next_frame
     let frame = reader.next_frame(scratch).map_err(failure)?;
     let (width, height) = (frame.width as usize, frame.height as usize);
     if frame.bit_depth != BitDepth::Eight {

@@ -1,5 +1,7 @@
 //! `center_crop`: the Pillow-exact ADM center crop of one image.
 
+use std::cell::RefCell;
+
 use numpy::ndarray::Array3;
 use numpy::{PyArray3, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -7,8 +9,14 @@ use pyo3::prelude::*;
 
 use crate::crop::{center_crop_into, Scratch};
 
-/// Largest output side accepted: a bigger crop is surely a mistake and its buffers would not fit in memory.
-const MAX_SIZE: i64 = 1 << 16;
+thread_local! {
+    /// Buffers and coefficient tables kept between calls, as `load_batch` keeps one per worker.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Largest output side accepted (a 192 MiB crop): anything bigger is surely a mistake, and allocating it
+/// could abort the process instead of raising.
+const MAX_SIZE: i64 = 8192;
 
 /// ADM center crop (ADM, DiT, EDM2, official JiT) of `img`, an (H, W, 3) uint8 array of any strides, to a
 /// new (size, size, 3) uint8 array, mirrored left-right when `flip`. Bit-exact with Pillow's BOX/BICUBIC.
@@ -61,15 +69,9 @@ pub fn center_crop<'py>(
     };
     let out = py.detach(|| {
         let mut out = vec![0; size * size * 3];
-        center_crop_into(
-            src,
-            width,
-            height,
-            size,
-            flip,
-            &mut out,
-            &mut Scratch::default(),
-        );
+        SCRATCH.with_borrow_mut(|scratch| {
+            center_crop_into(src, width, height, size, flip, &mut out, scratch)
+        });
         out
     });
     let out = Array3::from_shape_vec((size, size, 3), out)

@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 
 mod arrays;
 mod crop;
+mod image;
 mod png;
 mod tokens;
 
@@ -23,5 +24,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tokens::unpatchify, m)?)?;
     m.add_function(wrap_pyfunction!(png::write_pngs, m)?)?;
     m.add_function(wrap_pyfunction!(png::write_png, m)?)?;
+    image::register(m)?;
     Ok(())
 }
