@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 import jitrs
+from jitrs import adm_npz
 from jitrs.errors import UserError
 
 WEIGHTS_ENV = "JITRS_INCEPTION_WEIGHTS"
@@ -108,28 +108,6 @@ def folder_batches(files: list[Path], size: int, batch: int) -> Iterator[np.ndar
         yield jitrs.load_batch([str(p) for p in files[start : start + batch]], size)
 
 
-def npz_images(path: Path, batch: int) -> Iterator[np.ndarray]:
-    """Stream arr_0 (N, H, W, 3) uint8 of an npz batch by batch, never loading all N images at once."""
-    with zipfile.ZipFile(path) as zf, zf.open("arr_0.npy") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        if dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or fortran:
-            raise UserError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {dtype} {shape}")
-        per = int(np.prod(shape[1:]))
-        for start in range(0, shape[0], batch):
-            count = min(batch, shape[0] - start)
-            yield np.frombuffer(bytearray(f.read(per * count)), dtype=np.uint8).reshape(count, *shape[1:])
-
-
-def npz_keys(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return [n.removesuffix(".npy") for n in zf.namelist()]
-    except (OSError, zipfile.BadZipFile):
-        raise UserError(f"{path}: not a readable .npz file") from None
-
-
 def image_source(path: Path, option: str, size: int | None, batch: int) -> tuple[Iterator[np.ndarray], int]:
     """Batches of images from a sample folder or an npz with arr_0, and their size (H = W)."""
     if path.is_dir():
@@ -142,12 +120,12 @@ def image_source(path: Path, option: str, size: int | None, batch: int) -> tuple
         return folder_batches(files, size, batch), size
     if not path.exists():
         raise UserError(f"{option} {path}: no such file or directory")
-    if "arr_0" not in npz_keys(path):
+    if "arr_0" not in adm_npz.keys(path):
         raise UserError(f"{option} {path}: the npz holds no images (arr_0)")
-    first = next(npz_images(path, 1))
-    if size is not None and first.shape[1:3] != (size, size):
-        raise UserError(f"{option} {path}: images are {first.shape[1]}x{first.shape[2]}, expected {size}x{size}")
-    return npz_images(path, batch), first.shape[1]
+    _, h, w, _ = adm_npz.image_shape(path)
+    if size is not None and (h, w) != (size, size):
+        raise UserError(f"{option} {path}: images are {h}x{w}, expected {size}x{size}")
+    return adm_npz.read_images(path, batch), h
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -160,7 +138,7 @@ def features_to_stats(features: torch.Tensor) -> Stats:
 
 def load_stats(path: Path, option: str = "--ref") -> Stats | None:
     """mu/sigma of a reference npz (official JiT fid_stats, ADM reference batch); None when it holds none."""
-    keys = npz_keys(path)
+    keys = adm_npz.keys(path)
     if "mu" not in keys and "sigma" not in keys:
         return None
     with np.load(path) as f:
@@ -207,7 +185,7 @@ def evaluate(
     if not ref.exists():
         raise UserError(f"--ref {ref}: no such file or directory")
     ref_stats = load_stats(ref) if ref.is_file() else None
-    if ref.is_file() and ref_stats is None and "arr_0" not in npz_keys(ref):
+    if ref.is_file() and ref_stats is None and "arr_0" not in adm_npz.keys(ref):
         raise UserError(f"--ref {ref}: the npz holds neither mu/sigma statistics nor images (arr_0)")
     sample_batches, size = image_source(samples, "--samples", None, batch_size)
     dev = pick_device(device)
@@ -216,7 +194,7 @@ def evaluate(
     results: dict[str, float] = {"images": float(fake.pool.shape[0])}
     real: Features | None = None
     if ref_stats is None or precision_recall:
-        if ref.is_file() and "arr_0" not in npz_keys(ref):
+        if ref.is_file() and "arr_0" not in adm_npz.keys(ref):
             raise UserError(f"--ref {ref}: precision/recall need reference images, the npz holds only statistics")
         ref_batches, _ = image_source(ref, "--ref", size, batch_size)
         real = extract(net, ref_batches, dev)

@@ -13,7 +13,6 @@ import os
 import queue
 import shutil
 import threading
-import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 import jitrs
+from jitrs import adm_npz
 from jitrs.errors import UserError
 from jitrs.flow import Flow
 from jitrs.rundir import resolve_checkpoint
@@ -202,46 +202,38 @@ class SampleStore:
 
     def finish(self) -> None:
         """Merge the npz parts into one npz (arr_0 uint8 (N, H, W, 3) + labels) and write the preview grid."""
+        first = self.first_images(min(self.settings.n, GRID_IMAGES))
         if self.npz and not self.npz_path.exists():
-            self._merge_parts()
-        first = list(range(min(self.settings.n, GRID_IMAGES)))
+            s = self.settings
+            shape = (s.n, s.resolution, s.resolution, 3)
+            adm_npz.write(self.npz_path, shape, self._images_from_parts(), balanced_labels(s.n, s.classes))
+            shutil.rmtree(self.parts)  # with any temp file of a write that was killed
         grid_path = self.out / GRID_PATH
         grid_path.parent.mkdir(exist_ok=True)
-        jitrs.write_pngs(image_grid(self.read(first))[None], [str(grid_path)])
+        jitrs.write_pngs(image_grid(first)[None], [str(grid_path)])
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """(B, H, W, 3) uint8 of complete images, from the PNGs or the finished npz."""
+    def first_images(self, count: int) -> np.ndarray:
+        """(count, H, W, 3) uint8: images 0..count-1, from the PNGs, the finished npz or the npz parts."""
         if self.png:
-            return np.stack([jitrs.decode(str(self.out / png_name(i))) for i in indices])
-        with np.load(self.npz_path) as f:
-            return f["arr_0"][np.asarray(indices)]
+            return np.stack([jitrs.decode(str(self.out / png_name(i))) for i in range(count)])
+        if self.npz_path.exists():
+            return next(adm_npz.read_images(self.npz_path, count, limit=count))
+        return np.concatenate([img for img, _ in zip(self._images_from_parts(), range(count), strict=False)])
 
-    def _merge_parts(self) -> None:
-        s = self.settings
-        res = s.resolution
-        # Where each image lives: streamed part by part so the full (N, H, W, 3) array is never in memory.
+    def _images_from_parts(self) -> Iterator[np.ndarray]:
+        """Images 0..N-1 in order, one (1, H, W, 3) uint8 array at a time, loading one part file at a time."""
         location: dict[int, tuple[Path, int]] = {}
         for part in self._part_files():
             for row, i in enumerate(self._part_indices(part).tolist()):
                 location[i] = (part, row)
-        tmp = self.npz_path.with_suffix(".tmp")
-        header = {"descr": "|u1", "fortran_order": False, "shape": (s.n, res, res, 3)}
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_2_0(f, header)
-                cache: tuple[Path | None, np.ndarray | None] = (None, None)
-                for i in range(s.n):
-                    part, row = location[i]
-                    if cache[0] != part:
-                        with np.load(part) as p:
-                            cache = (part, p["images"])
-                    f.write(np.ascontiguousarray(cache[1][row]).tobytes())  # type: ignore[index]
-            with zf.open("arr_1.npy", "w") as f:
-                np.lib.format.write_array(f, balanced_labels(s.n, s.classes))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.npz_path)
-        shutil.rmtree(self.parts)  # with any temp file of a write that was killed
+        loaded: Path | None = None
+        images = np.empty(0, dtype=np.uint8)
+        for i in range(self.settings.n):
+            part, row = location[i]
+            if part != loaded:
+                with np.load(part) as f:
+                    loaded, images = part, f["images"]
+            yield images[row : row + 1]
 
 
 class _Writer:
@@ -352,7 +344,8 @@ def _distributed() -> tuple[int, int]:
     """(rank, world size): torchrun sets WORLD_SIZE; a single process is rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # The ranks only ever wait for each other (barriers), never exchange tensors: gloo does it on any device.
+        dist.init_process_group("gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
