@@ -46,7 +46,7 @@ TINY = {
 }
 
 
-def make_checkpoint(path: Path, config: dict, seed: int = 0, name: str | None = None) -> Path:
+def make_checkpoint(path: Path, config: dict, seed: int = 0, name: str | None = None, flow: dict | None = None) -> Path:
     """A jitrs checkpoint of a randomly initialised JiT, perturbed so that x̂ depends on z, t and y.
 
     (The official init zeroes every output layer, which would make all samples collapse to the same values.)
@@ -59,9 +59,9 @@ def make_checkpoint(path: Path, config: dict, seed: int = 0, name: str | None = 
                 p.add_(torch.randn_like(p) * 0.2)
     sd = net.state_dict()
     ema2 = {k: v + 0.01 for k, v in sd.items()}
-    flow = {"noise_scale": 1.0, "P_mean": -0.8, "P_std": 0.8, "t_eps": 0.05, "label_drop": 0.1}
-    flow |= {"pred": "x", "loss_space": "v"}
-    payload = {"format": "jitrs", "version": 1, "config": net.config, "name": name, "flow": flow}
+    stored = {"noise_scale": 1.0, "P_mean": -0.8, "P_std": 0.8, "t_eps": 0.05, "label_drop": 0.1}
+    stored |= {"pred": "x", "loss_space": "v"} | (flow or {})
+    payload = {"format": "jitrs", "version": 1, "config": net.config, "name": name, "flow": stored}
     payload |= {"model": sd, "ema1": sd, "ema2": ema2, "class_names": None, "step": 1}
     jitrs.save_checkpoint(path, payload)
     return path
@@ -151,6 +151,23 @@ def test_images_match_a_direct_one_image_sampler(ckpt: Path, tmp_path: Path) -> 
         )
         assert np.array_equal(got[i], to_pixels(z)[0].numpy()), i
     assert len(set(got.reshape(5, -1).sum(1).tolist())) == 5  # the images really differ
+
+
+def test_the_checkpoints_flow_settings_are_used(tmp_path: Path) -> None:
+    """A net trained to predict v with other noise scale and t_eps is sampled with those."""
+    stored = {"pred": "v", "noise_scale": 2.0, "t_eps": 0.1}
+    ckpt = make_checkpoint(tmp_path / "v.pt", TINY, flow=stored)
+    sample(options(ckpt, tmp_path / "s", n=2, classes=(1,)))
+    got = read_pngs(tmp_path / "s", 2)
+    net = jitrs.load_checkpoint(ckpt).build(ema="ema1", device="cpu")
+    z = Flow(**stored).sample(
+        net, torch.tensor([1, 1]), steps=3, cfg=2.0, interval=(0.1, 1.0), noise=image_noise(0, [0, 1], (3, 16, 16))
+    )
+    assert np.array_equal(got, to_pixels(z).numpy())
+    assert not np.array_equal(
+        got,
+        to_pixels(Flow().sample(net, torch.tensor([1, 1]), steps=3, noise=image_noise(0, [0, 1], (3, 16, 16)))).numpy(),
+    )
 
 
 def test_batch_size_does_not_change_the_images(ckpt: Path, tmp_path: Path) -> None:

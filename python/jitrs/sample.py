@@ -81,6 +81,8 @@ class Settings:
     seed: int
     resolution: int
     noise_scale: float
+    t_eps: float
+    pred: str
     num_classes: int
     precision: str
     sampler_version: int = SAMPLER_VERSION
@@ -362,6 +364,14 @@ def _device(opt: SampleOptions) -> torch.device:
     return torch.device("cpu")
 
 
+def _flow(path: Path, stored: dict[str, Any], noise_scale: float) -> Flow:
+    """The sampler of the checkpoint's training: its noise scale, t_eps and prediction target."""
+    try:
+        return Flow(noise_scale=noise_scale, **{k: stored[k] for k in ("t_eps", "pred") if k in stored})
+    except ValueError as e:
+        raise UserError(f"--ckpt {path}: its flow settings cannot sample ({e})") from None
+
+
 def my_batches(missing: Sequence[int], batch_size: int, rank: int, world: int) -> Iterator[list[int]]:
     """Batches of this rank: the missing indices cut into batches, dealt round-robin to the ranks."""
     for b, start in enumerate(range(0, len(missing), batch_size)):
@@ -390,6 +400,7 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     if EMA_KEYS[opt.ema] not in ckpt.weights:
         raise UserError(f"--ema {opt.ema}: {ckpt_path} holds no {EMA_KEYS[opt.ema]} weights")
     cfg = opt.cfg if opt.cfg is not None else OFFICIAL_CFG.get(ckpt.name or "", 1.0)
+    flow = _flow(ckpt_path, ckpt.flow, ckpt.noise_scale)
     device = _device(opt)
     # Built before anything is written, so a checkpoint whose weights do not fit its config leaves no trace.
     net = ckpt.build(ema=EMA_KEYS[opt.ema], device=device).eval()
@@ -407,7 +418,9 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
         interval=[float(v) for v in opt.interval],
         seed=opt.seed,
         resolution=res,
-        noise_scale=float(ckpt.noise_scale),
+        noise_scale=flow.noise_scale,
+        t_eps=flow.t_eps,
+        pred=flow.pred,
         num_classes=num_classes,
         precision="bf16" if device.type == "cuda" else "fp32",
         formats=["png", "npz"] if opt.format == "both" else [opt.format],
@@ -436,7 +449,7 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     if missing:
         use_compile = opt.compile if opt.compile is not None else device.type == "cuda"
         model = torch.compile(net) if use_compile else net
-        _sample_missing(model, net, store, settings, missing, opt.batch_size, device, rank, world, console)
+        _sample_missing(model, net, flow, store, settings, missing, opt.batch_size, device, rank, world, console)
     _barrier(world)
     if rank == 0:
         store.finish()
@@ -448,6 +461,7 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
 def _sample_missing(
     model: Any,
     net: torch.nn.Module,
+    flow: Flow,
     store: SampleStore,
     s: Settings,
     missing: list[int],
@@ -457,7 +471,6 @@ def _sample_missing(
     world: int,
     console: Console,
 ) -> None:
-    flow = Flow(noise_scale=s.noise_scale)
     labels = torch.from_numpy(balanced_labels(s.n, s.classes))
     shape = (net.in_channels, s.resolution, s.resolution)  # type: ignore[arg-type]
     batches = list(my_batches(missing, batch_size, rank, world))
