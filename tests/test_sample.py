@@ -344,3 +344,14 @@ def test_run_directory_takes_its_newest_checkpoint(ckpt: Path, tmp_path: Path) -
     out = tmp_path / "s"
     sample(options(run, out, n=2))
     assert json.loads((out / MANIFEST).read_text())["settings"]["checkpoint"] == str(newest.resolve())
+
+
+def test_a_safetensors_export_samples_like_its_checkpoint(ckpt: Path, tmp_path: Path) -> None:
+    source = jitrs.load_checkpoint(ckpt)
+    export = tmp_path / "tiny.safetensors"
+    jitrs.save_safetensors(export, source.weights["ema1"], config=source.config, flow=source.flow)
+    sample(options(export, tmp_path / "st", n=4))  # its only weight set is taken without --ema
+    sample(options(ckpt, tmp_path / "pt", n=4))
+    assert np.array_equal(read_pngs(tmp_path / "st", 4), read_pngs(tmp_path / "pt", 4))
+    with pytest.raises(UserError, match="holds no ema2 weights"):
+        sample(options(export, tmp_path / "st2", n=4, ema="2"))

@@ -51,7 +51,7 @@ class SampleOptions:
     ckpt: Path
     out: Path
     n: int
-    ema: str = "1"
+    ema: str | None = None
     method: str = "heun"
     steps: int = 50
     cfg: float | None = None
@@ -283,7 +283,7 @@ class _Speed(ProgressColumn):
 def _check_options(opt: SampleOptions) -> None:
     if opt.n <= 0:
         raise UserError(f"--n must be a positive number of images, got {opt.n}")
-    if opt.ema not in EMA_KEYS:
+    if opt.ema is not None and opt.ema not in EMA_KEYS:
         raise UserError(f"--ema must be one of {', '.join(EMA_KEYS)}, got {opt.ema!r}")
     if opt.method not in ("heun", "euler"):
         raise UserError(f"--method must be heun or euler, got {opt.method!r}")
@@ -364,6 +364,16 @@ def _device(opt: SampleOptions) -> torch.device:
     return torch.device("cpu")
 
 
+def _weight_set(ema: str | None, path: Path, stored: list[str]) -> str:
+    """The weight set to sample: --ema's, or by default EMA 1 (the official evaluation's), or the only one stored
+    (a .safetensors export holds one)."""
+    if ema is None:
+        return "ema1" if "ema1" in stored or len(stored) != 1 else stored[0]
+    if EMA_KEYS[ema] not in stored:
+        raise UserError(f"--ema {ema}: {path} holds no {EMA_KEYS[ema]} weights, only {', '.join(stored)}")
+    return EMA_KEYS[ema]
+
+
 def _flow(path: Path, stored: dict[str, Any], noise_scale: float) -> Flow:
     """The sampler of the checkpoint's training: its noise scale, t_eps and prediction target."""
     try:
@@ -397,19 +407,18 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
         raise UserError(f"--classes {bad[0]} is out of range: {ckpt_path} has classes 0..{num_classes - 1}")
-    if EMA_KEYS[opt.ema] not in ckpt.weights:
-        raise UserError(f"--ema {opt.ema}: {ckpt_path} holds no {EMA_KEYS[opt.ema]} weights")
+    weights = _weight_set(opt.ema, ckpt_path, list(ckpt.weights))
     cfg = opt.cfg if opt.cfg is not None else OFFICIAL_CFG.get(ckpt.name or "", 1.0)
     flow = _flow(ckpt_path, ckpt.flow, ckpt.noise_scale)
     device = _device(opt)
     # Built before anything is written, so a checkpoint whose weights do not fit its config leaves no trace.
-    net = ckpt.build(ema=EMA_KEYS[opt.ema], device=device).eval()
+    net = ckpt.build(ema=weights, device=device).eval()
     stat = ckpt_path.stat()
     settings = Settings(
         checkpoint=str(ckpt_path.resolve()),
         checkpoint_bytes=stat.st_size,
         checkpoint_mtime_ns=stat.st_mtime_ns,
-        ema=opt.ema,
+        ema=weights,
         n=opt.n,
         classes=classes,
         method=opt.method,
@@ -435,7 +444,7 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
         _write_manifest(opt.out, settings)
         per, extra = divmod(opt.n, len(classes))
         console.print(
-            f"{ckpt.name or 'JiT'} at {res} px from {ckpt_path} ({EMA_KEYS[opt.ema]}), {len(classes)} classes, "
+            f"{ckpt.name or 'JiT'} at {res} px from {ckpt_path} ({weights}), {len(classes)} classes, "
             f"{opt.method} {opt.steps} steps, cfg {cfg:g} on ({opt.interval[0]:g}, {opt.interval[1]:g}), "
             f"seed {opt.seed}, {world} process(es) on {device.type}"
         )

@@ -26,7 +26,10 @@ def sample_command(
     ],
     out: Annotated[Path, typer.Option(help="Output directory; rerunning the same command resumes it.")],
     n: Annotated[int, typer.Option(help="Number of images, class-balanced in class order.")] = 50000,
-    ema: Annotated[str, typer.Option(help="Weights: EMA 1, EMA 2 or the raw model (1|2|none).")] = "1",
+    ema: Annotated[
+        str | None,
+        typer.Option(help="Weights: EMA 1, EMA 2 or the raw model (1|2|none); default EMA 1, or an export's only set."),
+    ] = None,
     method: Annotated[str, typer.Option(help="ODE solver: heun or euler.")] = "heun",
     steps: Annotated[int, typer.Option(help="Solver steps (50 Heun steps = 99 network evaluations).")] = 50,
     cfg: Annotated[
