@@ -355,3 +355,11 @@ def test_a_safetensors_export_samples_like_its_checkpoint(ckpt: Path, tmp_path: 
     assert np.array_equal(read_pngs(tmp_path / "st", 4), read_pngs(tmp_path / "pt", 4))
     with pytest.raises(UserError, match="holds no ema2 weights"):
         sample(options(export, tmp_path / "st2", n=4, ema="2"))
+
+
+@pytest.mark.parametrize(("name", "cfg"), [("JiT-B/16", 3.0), ("JiT-L/32", 2.5), ("JiT-H/16", 2.2), (None, 1.0)])
+def test_default_guidance_is_the_official_one_for_the_model(tmp_path: Path, name: str | None, cfg: float) -> None:
+    ckpt = make_checkpoint(tmp_path / "k.pt", TINY, name=name)
+    sample(options(ckpt, tmp_path / "s", n=1, steps=1, cfg=None))
+    settings = json.loads((tmp_path / "s" / MANIFEST).read_text())["settings"]
+    assert settings["cfg"] == cfg and settings["interval"] == [0.1, 1.0] and settings["method"] == "heun"
