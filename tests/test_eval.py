@@ -20,6 +20,7 @@ from torch import nn
 
 import jitrs
 from jitrs import metrics
+from jitrs.errors import UserError
 from jitrs.metrics import Stats, frechet_distance
 
 PYTHONPATH = str(Path(jitrs.__file__).resolve().parent.parent)
@@ -253,3 +254,18 @@ def test_sample_refuses_eval_without_weights_before_sampling(sets: dict[str, Pat
     line = one_error_line(run_cli("sample", "--ckpt", ckpt, "--out", out, "--n", 2, "--eval-ref", sets["flower"]))
     assert "pt_inception" in line
     assert not out.exists()
+
+
+def test_reference_problems_found_before_or_during_the_pass(
+    weights: Path, sets: dict[str, Path], flower_stats: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match="precision/recall need reference images"):
+        metrics.evaluate(sets["china"], flower_stats, weights, precision_recall=True)
+    data = tmp_path / "data"
+    write_folder(data / "class0", tiles("china.jpg", 2))
+    (data / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(UserError, match=r"broken\.jpg"):
+        metrics.make_reference(data, SIZE, tmp_path / "stats.npz", weights, device="cpu")
+    with pytest.raises(UserError, match="--out"):
+        metrics.make_reference(data, SIZE, tmp_path / "no" / "such" / "dir.npz", weights, device="cpu")
+    assert not list(tmp_path.glob("*.tmp"))

@@ -105,7 +105,10 @@ def image_files(folder: Path, recursive: bool) -> list[Path]:
 def folder_batches(files: list[Path], size: int, batch: int) -> Iterator[np.ndarray]:
     """(B, size, size, 3) uint8 batches of the files, ADM center-cropped by the Rust loader."""
     for start in range(0, len(files), batch):
-        yield jitrs.load_batch([str(p) for p in files[start : start + batch]], size)
+        try:
+            yield jitrs.load_batch([str(p) for p in files[start : start + batch]], size)
+        except jitrs.DecodeError as e:
+            raise UserError(str(e)) from None  # it names the file; a skipped image would bias the statistics
 
 
 def image_source(path: Path, option: str, size: int | None, batch: int) -> tuple[Iterator[np.ndarray], int]:
@@ -187,6 +190,8 @@ def evaluate(
     ref_stats = load_stats(ref) if ref.is_file() else None
     if ref.is_file() and ref_stats is None and "arr_0" not in adm_npz.keys(ref):
         raise UserError(f"--ref {ref}: the npz holds neither mu/sigma statistics nor images (arr_0)")
+    if precision_recall and ref.is_file() and "arr_0" not in adm_npz.keys(ref):
+        raise UserError(f"--ref {ref}: precision/recall need reference images, the npz holds only statistics")
     sample_batches, size = image_source(samples, "--samples", None, batch_size)
     dev = pick_device(device)
     net = load_inception(weights_path, dev)
@@ -194,8 +199,6 @@ def evaluate(
     results: dict[str, float] = {"images": float(fake.pool.shape[0])}
     real: Features | None = None
     if ref_stats is None or precision_recall:
-        if ref.is_file() and "arr_0" not in adm_npz.keys(ref):
-            raise UserError(f"--ref {ref}: precision/recall need reference images, the npz holds only statistics")
         ref_batches, _ = image_source(ref, "--ref", size, batch_size)
         real = extract(net, ref_batches, dev)
         if ref_stats is None:
@@ -229,6 +232,12 @@ def make_reference(
     files = image_files(data, recursive=True)
     if len(files) < 2:
         raise UserError(f"--make-ref {data}: found {len(files)} image(s), need at least 2")
+    probe = out.with_name(out.name + ".tmp")
+    try:  # fail now rather than after a pass over the whole data set
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     dev = pick_device(device)
     feats = extract(load_inception(weights_path, dev), folder_batches(files, res, batch_size), dev)
     save_stats(out, features_to_stats(feats.pool), len(files))
