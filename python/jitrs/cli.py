@@ -25,11 +25,6 @@ app.command("eval")(eval_command)
 app.command("toy")(toy)
 
 
-@app.callback()
-def _commands() -> None:
-    """Keep subcommands (`jitrs train ...`) even while only one is registered."""
-
-
 def _fail(message: str, code: int) -> None:
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
     sys.exit(code)
