@@ -451,7 +451,7 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
         if extra:
             console.print(
                 f"{opt.n} is not a multiple of {len(classes)} classes: the first {extra} classes get {per + 1} "
-                f"images, the others {per}"
+                f"image{'s' * (per > 0)}, the others {per}"
             )
         console.print(f"{opt.n - len(missing)} of {opt.n} images already in {opt.out}; sampling {len(missing)}")
 
