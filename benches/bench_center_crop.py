@@ -5,25 +5,18 @@
 The images are ImageNet-like: the three sample photographs (sklearn's china/flower, matplotlib's
 grace_hopper) resized with Pillow to a mix of shapes around 500x375 plus some up to 2500 px. Pillow's side
 is what ADM / DiT / the official JiT run after decoding (Image.fromarray, BOX halvings, BICUBIC, crop,
-np.array); both sides start from the same uint8 arrays and return a (size, size, 3) array.
+np.array); both sides start from the same uint8 arrays and return a (size, size, 3) array. Each figure is
+the best of --rounds passes over all images after one warm-up pass.
 """
 
 import argparse
-import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-import matplotlib
 import numpy as np
 import PIL
+from common import adm_center_crop, best_seconds, machine, photos, warn_if_debug_build
 from PIL import Image
-from sklearn.datasets import load_sample_image
 
 import jitrs
-from jitrs import _native
 
 # (width, height) of the generated images: ImageNet's common shapes, with a tail of large and tall ones.
 SHAPES = [
@@ -43,54 +36,15 @@ SHAPES = [
 
 
 def pillow_adm_crop(arr: np.ndarray, size: int) -> np.ndarray:
-    img = Image.fromarray(arr)
-    while min(*img.size) >= 2 * size:
-        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
-    scale = size / min(*img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
-    out = np.array(img)
-    top = (out.shape[0] - size) // 2
-    left = (out.shape[1] - size) // 2
-    return out[top : top + size, left : left + size]
+    return adm_center_crop(Image.fromarray(arr), size)
 
 
 def sample_images() -> list[np.ndarray]:
-    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    with Image.open(path) as img:
-        photos = [
-            load_sample_image("china.jpg"),
-            load_sample_image("flower.jpg"),
-            np.asarray(img.convert("RGB")),
-        ]
+    sources = photos()
     return [
-        np.asarray(Image.fromarray(photos[i % len(photos)]).resize(shape, Image.BICUBIC))
+        np.asarray(Image.fromarray(sources[i % len(sources)]).resize(shape, Image.Resampling.BICUBIC))
         for i, shape in enumerate(SHAPES)
     ]
-
-
-def images_per_second(
-    crop: Callable[[np.ndarray, int], np.ndarray], images: list[np.ndarray], size: int, rounds: int
-) -> float:
-    """Median over rounds of images/s for one pass over all images, after one warm-up pass."""
-    for arr in images:
-        crop(arr, size)
-    rates = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for arr in images:
-            crop(arr, size)
-        rates.append(len(images) / (time.perf_counter() - start))
-    return statistics.median(rates)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -99,9 +53,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = parser.parse_args()
 
-    if _native.BUILD_PROFILE != "release":
-        print(f"WARNING: jitrs._native is a {_native.BUILD_PROFILE} build; these timings mean nothing.")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores; Pillow {PIL.__version__}; one thread each")
+    warn_if_debug_build()
+    print(f"machine: {machine()}; Pillow {PIL.__version__}; one thread each")
     images = sample_images()
     print(f"{len(images)} images: " + ", ".join(f"{a.shape[1]}x{a.shape[0]}" for a in images))
 
@@ -117,8 +70,8 @@ def main() -> None:
             equal += int(np.count_nonzero(diff == 0))
             total += diff.size
             max_diff = max(max_diff, int(diff.max()))
-        pillow = images_per_second(pillow_adm_crop, images, size, args.rounds)
-        ours = images_per_second(jitrs.center_crop, images, size, args.rounds)
+        pillow = len(images) / best_seconds(lambda s=size: [pillow_adm_crop(a, s) for a in images], args.rounds)
+        ours = len(images) / best_seconds(lambda s=size: [jitrs.center_crop(a, s) for a in images], args.rounds)
         ratio = f"{ours / pillow:.2f}x"
         print(f"{size:>5} {pillow:>13.1f} {ours:>12.1f} {ratio:>6} {equal / total:>13.4%} {max_diff:>9}")
 

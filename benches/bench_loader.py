@@ -5,8 +5,9 @@
 jitrs: jitrs.loader.Loader (jitrs.load_batch on background threads -> pinned ring buffers -> device, scaled to
 [-1, 1] there). Baseline: torchvision ImageFolder + Pillow ADM center crop + random flip + torch DataLoader with
 as many worker processes as jitrs has decode threads, pin_memory on CUDA, the same files, the same final tensor on
-the same device. Files: ImageNet-like JPEGs (about 500×375, quality 90) cut from the real sample photos shipped
-with scikit-learn and matplotlib. Each side is timed over `--batches` batches after one warm-up batch (which
+the same device. Files: ImageNet-like JPEGs cut from the real sample photos shipped with scikit-learn and
+matplotlib (about 500×375 on average, up to ~2500 px, quality 75-95, some progressive, some grayscale; 10 class
+folders), cached in the temp directory. Each side is timed over `--batches` batches after one warm-up batch (which
 absorbs worker start-up). Target: >= 2.5× at 256 and 512 px.
 
 Also timed: indexing an ImageNet-shaped tree (1000 class folders of empty *.JPEG files, `--index-files` in all)
@@ -17,55 +18,17 @@ index. Target: 1.28M files in seconds.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from collections.abc import Generator
 from pathlib import Path
 
-import matplotlib
-import numpy as np
 import torch
+from common import adm_center_crop, make_image_set, usable_cores, warn_if_debug_build
 from PIL import Image
-from sklearn.datasets import load_sample_image
 
 from jitrs.dataset import build_index
 from jitrs.loader import Loader, Plan
-
-# Typical ImageNet-train shapes (width, height).
-SHAPES = [(500, 375), (500, 333), (375, 500), (500, 400), (640, 480), (500, 500), (333, 500), (800, 600)]
-
-
-def photos() -> list[Image.Image]:
-    grace = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    with Image.open(grace) as im:
-        hopper = im.convert("RGB")
-    return [Image.fromarray(load_sample_image(n)) for n in ("china.jpg", "flower.jpg")] + [hopper]
-
-
-def make_jpegs(root: Path, count: int, classes: int = 10) -> None:
-    """`count` JPEGs in root/train/<class>/: random crops of the photos, resized to ImageNet-like shapes."""
-    rng = np.random.default_rng(0)
-    sources = photos()
-    for c in range(classes):
-        (root / "train" / f"n{c:08d}").mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        src = sources[i % len(sources)]
-        w, h = SHAPES[rng.integers(len(SHAPES))]
-        cw, ch = int(src.width * rng.uniform(0.6, 1.0)), int(src.height * rng.uniform(0.6, 1.0))
-        x, y = int(rng.integers(0, src.width - cw + 1)), int(rng.integers(0, src.height - ch + 1))
-        img = src.crop((x, y, x + cw, y + ch)).resize((w, h), Image.Resampling.BICUBIC)
-        img.save(root / "train" / f"n{i % classes:08d}" / f"img_{i:06d}.JPEG", quality=90)
-
-
-def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """The official ADM crop with Pillow: halve with BOX while possible, BICUBIC to the short side, crop."""
-    while min(img.size) >= 2 * size:
-        img = img.resize(tuple(s // 2 for s in img.size), resample=Image.Resampling.BOX)
-    scale = size / min(img.size)
-    img = img.resize(tuple(round(s * scale) for s in img.size), resample=Image.Resampling.BICUBIC)
-    left, top = (img.width - size) // 2, (img.height - size) // 2
-    return img.crop((left, top, left + size, top + size))
 
 
 def baseline_batches(
@@ -75,7 +38,7 @@ def baseline_batches(
 
     transform = transforms.Compose(
         [
-            transforms.Lambda(lambda img: adm_center_crop(img, res)),
+            transforms.Lambda(lambda img: Image.fromarray(adm_center_crop(img, res))),
             transforms.RandomHorizontalFlip(),
             transforms.PILToTensor(),
         ]
@@ -144,20 +107,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1536)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--res", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--index-files", type=int, default=128_000, help="files in the indexing test (0: skip)")
     args = parser.parse_args()
+    warn_if_debug_build()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        make_jpegs(root, args.images)
-        print(f"{args.images} JPEGs, batch {args.batch}, {args.threads} decode threads / DataLoader workers, {device}")
-        print(f"{'res':>5} {'jitrs img/s':>12} {'DataLoader img/s':>17} {'ratio':>7}")
-        for res in args.res:
-            ours = images_per_s(jitrs_batches(root, res, args.batch, args.threads, device), args.batches, device)
-            base = images_per_s(baseline_batches(root, res, args.batch, args.threads, device), args.batches, device)
-            print(f"{res:>5} {ours:>12.0f} {base:>17.0f} {ours / base:>6.2f}×", flush=True)
+    root = make_image_set(args.images).root
+    print(f"{args.images} JPEGs, batch {args.batch}, {args.threads} decode threads / DataLoader workers, {device}")
+    print(f"{'res':>5} {'jitrs img/s':>12} {'DataLoader img/s':>17} {'ratio':>7}")
+    for res in args.res:
+        ours = images_per_s(jitrs_batches(root, res, args.batch, args.threads, device), args.batches, device)
+        base = images_per_s(baseline_batches(root, res, args.batch, args.threads, device), args.batches, device)
+        print(f"{res:>5} {ours:>12.0f} {base:>17.0f} {ours / base:>6.2f}×", flush=True)
     if args.index_files:
         with tempfile.TemporaryDirectory() as tmp:
             index_speed(Path(tmp) / "train", args.index_files)

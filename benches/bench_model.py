@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import cpu_model, timed
 from official_jit import OfficialJiT, official_sample
 
 import jitrs
@@ -59,24 +59,12 @@ def peak_flops(device: torch.device) -> float | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Seconds per call of fn, averaged over `repeats` calls after the caller's warm-up."""
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
+def sync(device: torch.device) -> Callable[[], None]:
+    """What makes the clock wait for queued work on `device` (nothing on the CPU)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 def build_pair(args: argparse.Namespace, device: torch.device) -> tuple[jitrs.JiT, OfficialJiT]:
@@ -111,7 +99,7 @@ def train_throughput(net: torch.nn.Module, fused: bool, args: argparse.Namespace
 
     for _ in range(args.warmup):
         step()
-    return args.batch / timed(step, device, args.iters)
+    return args.batch / timed(step, args.iters, sync(device))
 
 
 def sample_throughput(
@@ -124,7 +112,7 @@ def sample_throughput(
     labels = torch.arange(args.sample_batch, device=device) % num_classes
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         sampler(labels, 2)
-        return args.sample_batch / timed(lambda: sampler(labels, args.sample_steps), device, 1)
+        return args.sample_batch / timed(lambda: sampler(labels, args.sample_steps), 1, sync(device))
 
 
 def guided_evaluations(steps: int, interval: tuple[float, float]) -> tuple[int, int]:

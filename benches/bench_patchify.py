@@ -12,36 +12,11 @@ reads and writes that many bytes). Best of --repeats wall-clock runs; run on a q
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
-import warnings
-from collections.abc import Callable
 
 import numpy as np
+from common import best_seconds, machine, warn_if_debug_build
 
 import jitrs
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores usable"
-
-
-def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: page in the input, start rayon's pool
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def numpy_patchify(x: np.ndarray, p: int) -> np.ndarray:
@@ -61,8 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    if jitrs._native.BUILD_PROFILE != "release":
-        warnings.warn("jitrs._native is a debug build: these timings mean nothing", stacklevel=1)
+    warn_if_debug_build()
     print(f"machine: {machine()}; jitrs build: {jitrs._native.BUILD_PROFILE}; numpy {np.__version__}")
 
     rng = np.random.default_rng(0)

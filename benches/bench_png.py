@@ -9,38 +9,14 @@ PNG compression on random noise says nothing). Target: >= 3x Pillow's default sa
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
-import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from common import best_seconds, machine, photos, warn_if_debug_build
 from PIL import Image
-from sklearn.datasets import load_sample_image
 
 import jitrs
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores usable"
-
-
-def photos() -> list[np.ndarray]:
-    grace = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    with Image.open(grace) as im:
-        hopper = np.array(im.convert("RGB"))
-    return [load_sample_image("china.jpg"), load_sample_image("flower.jpg"), hopper]
 
 
 def crops(size: int, count: int) -> np.ndarray:
@@ -63,22 +39,11 @@ def crops(size: int, count: int) -> np.ndarray:
     return np.stack(out)
 
 
-def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if jitrs._native.BUILD_PROFILE != "release":
-        warnings.warn("jitrs._native is a debug build: these timings mean nothing", stacklevel=1)
+    warn_if_debug_build()
     print(f"machine: {machine()}; jitrs build: {jitrs._native.BUILD_PROFILE}")
 
     rows = []

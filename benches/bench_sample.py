@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from common import cpu_model, timed, warn_if_debug_build
 from PIL import Image
 from rich.console import Console
 
@@ -66,16 +66,6 @@ def official_style(net: jitrs.JiT, n: int, batch: int, steps: int, cfg: float, o
             Image.fromarray(img).save(out / f"{start + k:06d}.png")
 
 
-def timed(fn: object, *args: object) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn(*args)  # type: ignore[operator]
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,8 +75,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50 if cuda else 10)
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
-    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({cpu_model()}), {torch.get_num_threads()} threads"
     cfg = OFFICIAL_CFG.get(args.model, 3.0)
+    warn_if_debug_build()
     print(f"device: {name}; torch {torch.__version__}; jitrs native build: {jitrs._native.BUILD_PROFILE}")
     print(f"{args.model}, {args.n} images, batch {args.batch_size}, Heun {args.steps} steps, CFG {cfg} on (0.1, 1)")
 
@@ -104,8 +95,14 @@ def main() -> None:
         official_style(net, args.batch_size, args.batch_size, args.steps, cfg, root / "warm_official", device)
 
         (root / "official").mkdir()
-        t_official = timed(official_style, net, args.n, args.batch_size, args.steps, cfg, root / "official", device)
-        t_jitrs = timed(sample, SampleOptions(out=root / "jitrs", **base), quiet)  # type: ignore[arg-type]
+        sync = torch.cuda.synchronize if cuda else lambda: None
+        t_official = timed(
+            lambda: official_style(net, args.n, args.batch_size, args.steps, cfg, root / "official", device), sync=sync
+        )
+        t_jitrs = timed(
+            lambda: sample(SampleOptions(out=root / "jitrs", **base), quiet),  # type: ignore[arg-type]
+            sync=sync,
+        )
         written = len(list((root / "jitrs").glob("[0-9]*.png")))
         assert written == args.n and len(list((root / "official").glob("*.png"))) == args.n
 
