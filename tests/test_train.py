@@ -92,6 +92,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--data", "digits", "--config", "{root}/bad.toml"], "unknown option\\(s\\) stepz"),
         (["--res", "16"], "--data is required"),
         (["--data", "digits", "--schedule", "linear"], "--schedule 'linear'"),
+        (["--data", "digits", "--res", "16", "--label-drop", "1.5"], "label_drop must be in \\[0, 1\\)"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str, bad_inputs: Path, env) -> None:

@@ -401,9 +401,11 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
     run_dir = Path(cfg.out)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        index = open_index(cfg, run_dir)
     if d.world > 1:
-        dist.barrier()
-    index = open_index(cfg, run_dir)
+        dist.barrier()  # rank 0 has written the index cache (and the digits files): the others read them
+    if not d.main:
+        index = open_index(cfg, run_dir)
     init = jitrs.load_checkpoint(cfg.init) if cfg.init and resume is None else None
     base = resume[1] if resume else init
     s = resolve(cfg, len(index), len(index.classes), d.world, base.config if base else None)
@@ -414,7 +416,10 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     use_bf16 = cuda if cfg.bf16 is None else cfg.bf16
     use_compile = cuda if cfg.compile is None else cfg.compile
-    flow = Flow(cfg.p_mean, cfg.p_std, s.noise_scale, cfg.t_eps, cfg.label_drop)
+    try:
+        flow = Flow(cfg.p_mean, cfg.p_std, s.noise_scale, cfg.t_eps, cfg.label_drop)
+    except ValueError as e:
+        raise UserError(f"--noise-scale/--p-std/--t-eps/--label-drop: {e}") from None
 
     # ---------------------------------------------------------------- model, EMAs, optimiser
     torch.manual_seed(cfg.seed)
@@ -489,7 +494,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "config": model.config,
-            "name": s.model_name if resume is None else resume[1].name,
+            "name": s.model_name or (base.name if base else None),
             "flow": {
                 "noise_scale": flow.noise_scale,
                 "P_mean": flow.P_mean,
