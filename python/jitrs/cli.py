@@ -8,6 +8,9 @@ import typer
 from rich.console import Console
 
 from jitrs.errors import UserError
+from jitrs.eval_cli import eval_command
+from jitrs.sample_cli import sample_command
+from jitrs.toy_cli import toy
 from jitrs.train_cli import train_command
 
 app = typer.Typer(
@@ -17,20 +20,33 @@ app = typer.Typer(
     help="Train and sample JiT pixel-diffusion models.",
 )
 app.command("train")(train_command)
+app.command("sample")(sample_command)
+app.command("eval")(eval_command)
+app.command("toy")(toy)
 
 
-@app.callback()
-def _commands() -> None:
-    """Keep subcommands (`jitrs train ...`) even while only one is registered."""
+def _fail(message: str, code: int) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(code)
 
 
 def main() -> None:
     """Console entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
     try:
-        app()
+        # standalone_mode=False: click hands usage errors to us instead of drawing its multi-line box.
+        result = app(standalone_mode=False)
     except UserError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e), 2)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
-        sys.exit(130)
+        _fail("interrupted", 130)
+    except Exception as e:
+        # Typer vendors click (typer._click), older Typer uses click itself: recognise its usage errors
+        # (bad option values, unknown options) and its Ctrl-C by shape rather than by import.
+        if type(e).__name__ == "Abort":
+            _fail("interrupted", 130)
+        if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = f"jitrs {ctx.info_name}: " if ctx is not None and ctx.parent is not None else ""
+        _fail(where + e.format_message(), e.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)

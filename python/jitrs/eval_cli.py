@@ -1,0 +1,73 @@
+"""`jitrs eval`: FID / Inception Score of samples against reference statistics, and making those statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jitrs.errors import UserError
+
+LABELS = {
+    "images": "images",
+    "fid": "FID",
+    "inception_score": "Inception Score",
+    "inception_score_std": "IS std",
+    "precision": "precision",
+    "recall": "recall",
+}
+
+
+def print_results(results: dict[str, float]) -> None:
+    table = Table("metric", "value")
+    for key, value in results.items():
+        table.add_row(LABELS.get(key, key), f"{value:.0f}" if key == "images" else f"{value:.4f}")
+    Console().print(table)
+
+
+def eval_command(
+    samples: Annotated[
+        Path | None, typer.Option(help="Generated images: a folder of PNGs or an npz with arr_0.")
+    ] = None,
+    ref: Annotated[
+        Path | None, typer.Option(help="Reference: stats npz (mu/sigma), image npz (arr_0) or folder.")
+    ] = None,
+    make_ref: Annotated[
+        Path | None, typer.Option(help="Compute reference statistics of this image folder instead.")
+    ] = None,
+    res: Annotated[int, typer.Option(help="--make-ref: ADM center-crop size.")] = 256,
+    out: Annotated[Path | None, typer.Option(help="--make-ref: where to write the stats npz.")] = None,
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option(help="Inception weights pt_inception-2015-12-05-6726825d.pth (or $JITRS_INCEPTION_WEIGHTS)."),
+    ] = None,
+    precision_recall: Annotated[
+        bool, typer.Option("--prc", help="Also precision/recall (needs reference images).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per Inception batch.")] = 100,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
+) -> None:
+    """FID and Inception Score with torch-fidelity's Inception (weights from a local file, never downloaded)."""
+    from jitrs import metrics
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if make_ref is not None:
+        if out is None:
+            raise UserError("--make-ref needs --out STATS.npz")
+        if samples is not None or ref is not None:
+            raise UserError("--make-ref computes statistics only: drop --samples/--ref")
+        count = metrics.make_reference(make_ref, res, out, inception_weights, batch_size, device)
+        Console().print(f"wrote Inception statistics of {count} images of {make_ref} at {res} px to {out}")
+        return
+    if samples is None or ref is None:
+        raise UserError("give --samples and --ref (or --make-ref DATA_DIR --out STATS.npz)")
+    results = metrics.evaluate(samples, ref, inception_weights, precision_recall, batch_size, device)
+    print_results(results)
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2) + "\n")

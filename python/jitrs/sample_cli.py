@@ -1,0 +1,87 @@
+"""`jitrs sample`: generate N class-balanced images from a checkpoint (PNG folder and/or ADM npz), resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from jitrs.errors import UserError
+
+
+def parse_classes(text: str | None) -> tuple[int, ...] | None:
+    """'0,1,207' -> (0, 1, 207); UserError naming --classes on anything else."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--classes {text!r}: expected comma-separated class indices such as 0,1,207") from None
+
+
+def sample_command(
+    ckpt: Annotated[
+        Path, typer.Option(help="A checkpoint (.pt, .safetensors, official checkpoint-*.pth) or a run dir.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output directory; rerunning the same command resumes it.")],
+    n: Annotated[int, typer.Option(help="Number of images, class-balanced in class order.")] = 50000,
+    ema: Annotated[
+        str | None,
+        typer.Option(help="Weights: EMA 1, EMA 2 or the raw model (1|2|none); default EMA 1, or an export's only set."),
+    ] = None,
+    method: Annotated[str, typer.Option(help="ODE solver: heun or euler.")] = "heun",
+    steps: Annotated[int, typer.Option(help="Solver steps (50 Heun steps = 99 network evaluations).")] = 50,
+    cfg: Annotated[
+        float | None, typer.Option(help="Guidance scale; default: the official one for a named model, else 1.")
+    ] = None,
+    interval_min: Annotated[float, typer.Option(help="Guidance applies for interval-min < t < interval-max.")] = 0.1,
+    interval_max: Annotated[float, typer.Option(help="Upper end of the guidance interval.")] = 1.0,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per forward batch (per process); does not change the images.")
+    ] = 64,
+    seed: Annotated[int, typer.Option(help="Image i's noise depends only on (seed, i).")] = 0,
+    classes: Annotated[str | None, typer.Option(help="Sample only these classes, e.g. 0,1,207.")] = None,
+    format: Annotated[
+        str, typer.Option("--format", help="png (DIR/000000.png ...), npz (ADM format) or both.")
+    ] = "png",
+    compile: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile (default: on CUDA).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="torch device (default: cuda:LOCAL_RANK if available, else cpu).")
+    ] = None,
+    eval_ref: Annotated[
+        Path | None, typer.Option(help="Then run `jitrs eval` against these reference statistics.")
+    ] = None,
+    inception_weights: Annotated[Path | None, typer.Option(help="Inception weights for --eval-ref.")] = None,
+) -> None:
+    """Sample images from a JiT checkpoint (torchrun for several GPUs: each process takes its own images)."""
+    from jitrs.sample import SampleOptions, sample
+
+    if eval_ref is not None:
+        from jitrs.metrics import inception_weights_path
+
+        inception_weights_path(inception_weights)  # fail now, not after hours of sampling
+    options = SampleOptions(
+        ckpt=ckpt,
+        out=out,
+        n=n,
+        ema=ema,
+        method=method,
+        steps=steps,
+        cfg=cfg,
+        interval=(interval_min, interval_max),
+        batch_size=batch_size,
+        seed=seed,
+        classes=parse_classes(classes),
+        format=format,
+        compile=compile,
+        device=device,
+    )
+    samples = sample(options)
+    if eval_ref is not None and samples is not None:
+        from jitrs.eval_cli import print_results
+        from jitrs.metrics import evaluate
+
+        print_results(evaluate(samples, eval_ref, inception_weights, device=device))
