@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -92,6 +93,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--data", "digits", "--config", "{root}/bad.toml"], "unknown option\\(s\\) stepz"),
         (["--res", "16"], "--data is required"),
         (["--data", "digits", "--schedule", "linear"], "--schedule 'linear'"),
+        (["--data", "digits", "--res", "16", "--label-drop", "1.5"], "label_drop must be in \\[0, 1\\)"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str, bad_inputs: Path, env) -> None:
@@ -241,17 +243,26 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, env) 
     assert m.group(3).endswith(f"checkpoint-{bad_step - 1:07d}.pt")
 
 
-def test_init_starts_from_the_given_weights(tmp_path: Path, env) -> None:
-    base = [*TINY, "--data", "digits", "--batch-size", "8", "--sample-every", "0"]
-    run([*base, "--steps", "2", "--blr", "1e-2", "--warmup-epochs", "0", "--out", str(tmp_path / "a")], env)
-    # Warmup starts at lr 0, so after one step the weights are still exactly the initial ones.
-    run([*base, "--steps", "1", "--init", str(tmp_path / "a" / "checkpoint-0000002.pt"), "--out", str(tmp_path / "b")],
-        env)  # fmt: skip
-    a = torch.load(tmp_path / "a" / "checkpoint-0000002.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "checkpoint-0000001.pt", weights_only=True)
-    assert b["step"] == 1
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k])
+def test_init_from_an_official_checkpoint(tmp_path: Path, env) -> None:
+    """An official checkpoint-*.pth (pickled args, `net.`-prefixed weights) is a starting point for fine-tuning."""
+    torch.manual_seed(1)
+    nets = {kind: JiT.from_name("JiT-S/4", input_size=16, num_classes=10).state_dict() for kind in range(3)}
+    official = {
+        key: {f"net.{k}": v for k, v in nets[i].items()} for i, key in enumerate(["model", "model_ema1", "model_ema2"])
+    }
+    args = argparse.Namespace(model="JiT-S/4", img_size=16, class_num=10, noise_scale=2.0, P_mean=-0.8)
+    torch.save({**official, "args": args, "epoch": 599}, tmp_path / "checkpoint-last.pth")
+    out = tmp_path / "ft"
+    run(["--data", "digits", "--res", "16", "--batch-size", "8", "--steps", "1", "--sample-every", "0",
+         "--init", str(tmp_path / "checkpoint-last.pth"), "--out", str(out)], env)  # fmt: skip
+    ckpt = torch.load(out / "checkpoint-0000001.pt", weights_only=True)
+    assert ckpt["name"] == "JiT-S/4" and ckpt["flow"]["noise_scale"] == 2.0 and ckpt["config"]["depth"] == 6
+    for k, v in nets[0].items():
+        assert torch.equal(ckpt["model"][k], v)  # warmup starts at lr 0: still the official weights
+    ema_decay = ckpt["train_config"]["ema1"]
+    k = "blocks.0.attn.qkv.weight"
+    assert not torch.equal(nets[0][k], nets[1][k])
+    torch.testing.assert_close(ckpt["ema1"][k], ema_decay * nets[1][k] + (1 - ema_decay) * nets[0][k])
 
 
 def test_demo_preset_runs(tmp_path: Path, env) -> None:

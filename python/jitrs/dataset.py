@@ -66,7 +66,7 @@ def _scan_class(class_dir: str) -> tuple[list[str], dict[str, int]]:
             for e in it:
                 if e.is_dir(follow_symlinks=True):
                     stack.append(e.path)
-                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                elif "." + e.name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS:
                     files.append(e.path)
     files.sort()
     return files, dirs
@@ -122,7 +122,7 @@ def _write_cache(cache: Path, index: ImageIndex, counts: list[int], dirs: dict[s
     cache.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(payload, f)
+        f.write(json.dumps(payload))  # one C-encoded string: json.dump streams through the slow Python encoder
     os.replace(tmp, cache)
 
 

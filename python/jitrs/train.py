@@ -228,8 +228,18 @@ def check_options(cfg: TrainConfig) -> None:
         raise UserError("--data is required: an image folder (DATA/train/<class>/*.jpg) or 'digits'")
 
 
-def resolve(cfg: TrainConfig, n_images: int, n_classes: int, world: int, ckpt_config: dict | None) -> Setup:
-    """Model config, noise scale, accumulation, data plan and schedule for this run."""
+def resolve(
+    cfg: TrainConfig,
+    n_images: int,
+    n_classes: int,
+    world: int,
+    ckpt_config: dict | None,
+    ckpt_noise_scale: float | None = None,
+) -> Setup:
+    """Model config, noise scale, accumulation, data plan and schedule for this run.
+
+    With a checkpoint (--init, --resume) the model is the checkpoint's and so, unless --noise-scale is given,
+    is the noise scale it was trained with."""
     if ckpt_config is not None:
         name = None
         model_config = dict(ckpt_config)
@@ -270,7 +280,7 @@ def resolve(cfg: TrainConfig, n_images: int, n_classes: int, world: int, ckpt_co
     return Setup(
         model_name=name,
         model_config=model_config,
-        noise_scale=cfg.noise_scale or default_noise_scale(cfg.res),
+        noise_scale=cfg.noise_scale or ckpt_noise_scale or default_noise_scale(cfg.res),
         accum=accum,
         plan=plan,
         total_steps=total,
@@ -401,12 +411,16 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
     run_dir = Path(cfg.out)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        index = open_index(cfg, run_dir)
     if d.world > 1:
-        dist.barrier()
-    index = open_index(cfg, run_dir)
+        dist.barrier()  # rank 0 has written the index cache (and the digits files): the others read them
+    if not d.main:
+        index = open_index(cfg, run_dir)
     init = jitrs.load_checkpoint(cfg.init) if cfg.init and resume is None else None
     base = resume[1] if resume else init
-    s = resolve(cfg, len(index), len(index.classes), d.world, base.config if base else None)
+    s = resolve(
+        cfg, len(index), len(index.classes), d.world, base.config if base else None, base.noise_scale if base else None
+    )
     plan = Plan(len(index), cfg.batch_size, s.accum, d.world, d.rank, cfg.seed)
     cuda = d.device.type == "cuda"
     if cuda:  # TF32 for what runs outside bf16 autocast, as DiT does
@@ -414,7 +428,10 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     use_bf16 = cuda if cfg.bf16 is None else cfg.bf16
     use_compile = cuda if cfg.compile is None else cfg.compile
-    flow = Flow(cfg.p_mean, cfg.p_std, s.noise_scale, cfg.t_eps, cfg.label_drop)
+    try:
+        flow = Flow(cfg.p_mean, cfg.p_std, s.noise_scale, cfg.t_eps, cfg.label_drop)
+    except ValueError as e:
+        raise UserError(f"--noise-scale/--p-std/--t-eps/--label-drop: {e}") from None
 
     # ---------------------------------------------------------------- model, EMAs, optimiser
     torch.manual_seed(cfg.seed)
@@ -489,7 +506,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "config": model.config,
-            "name": s.model_name if resume is None else resume[1].name,
+            "name": s.model_name or (base.name if base else None),
             "flow": {
                 "noise_scale": flow.noise_scale,
                 "P_mean": flow.P_mean,
