@@ -382,4 +382,4 @@ def test_image_grid_places_tiles_row_major() -> None:
     tile_at = {(r, c): grid[r * 5 : r * 5 + 4, c * 5 : c * 5 + 4] for r in range(2) for c in range(3)}
     for (r, c), tile in tile_at.items():
         assert (tile == 10 * (3 * r + c)).all()
-    assert (grid[4, :] == 255).all() and (grid[:, 4] == 255).all() and (grid[:, 9] == 255).all()
+    assert (grid[4, :] == 128).all() and (grid[:, 4] == 128).all() and (grid[:, 9] == 128).all()

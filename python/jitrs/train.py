@@ -145,11 +145,11 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def image_grid(images: np.ndarray, rows: int, cols: int, min_tile: int = 64, pad: int = 2) -> np.ndarray:
     """(rows·cols, S, S, 3) uint8 -> one (H, W, 3) grid, tiles upscaled (nearest) to at least min_tile px and
-    separated by `pad` white pixels."""
+    separated by `pad` grey pixels (visible on white and on black backgrounds)."""
     s = images.shape[1]
     k = max(1, min_tile // s)
     tiles = images.reshape(rows, cols, s, s, 3).repeat(k, axis=2).repeat(k, axis=3)
-    tiles = np.pad(tiles, ((0, 0), (0, 0), (0, pad), (0, pad), (0, 0)), constant_values=255)
+    tiles = np.pad(tiles, ((0, 0), (0, 0), (0, pad), (0, pad), (0, 0)), constant_values=128)
     t = s * k + pad
     grid = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * t, cols * t, 3)
     return np.ascontiguousarray(grid[: rows * t - pad, : cols * t - pad])
