@@ -18,6 +18,7 @@ index. Target: 1.28M files in seconds.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Generator
