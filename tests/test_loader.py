@@ -106,7 +106,7 @@ def test_loader_delivers_shuffled_flipped_scaled_batches(folder, device: torch.d
         step, a = divmod(k, 2)
         assert (batch.step, batch.accum_index, batch.epoch) == (step, a, step // 2)
         assert batch.x.shape == (4, 3, SIZE, SIZE) and batch.x.dtype == torch.float32
-        assert batch.y.dtype == torch.int64 and batch.x.is_contiguous()
+        assert batch.y.dtype == torch.int64 and batch.x.is_contiguous(memory_format=torch.channels_last)
         assert batch.x.min() >= -1.0 and batch.x.max() <= 1.0
         images, labels = expected_batch(index, plan, pixels, step, a)
         assert np.array_equal(as_uint8(batch.x), images)

@@ -248,8 +248,9 @@ class Loader:
             if self.device.type == "cuda":
                 slot.copied = torch.cuda.Event()
                 slot.copied.record()
-            # x/255·2 − 1 on the device, NHWC uint8 -> NCHW float32
-            x = x.permute(0, 3, 1, 2).contiguous().float().mul_(2.0 / 255.0).sub_(1.0)
+            # x/255·2 − 1 on the device, NHWC uint8 -> NCHW float32. The result keeps NHWC memory order
+            # (channels_last): one contiguous conversion pass instead of a strided uint8 transpose first.
+            x = x.permute(0, 3, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0)
             if self.device.type != "cuda":
                 y = y.clone()  # on the host .to() aliases the ring buffer, which is about to be refilled
             self._free[worker].put(slot)
