@@ -15,7 +15,7 @@ import sklearn.datasets
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from PIL import Image
-from test_sample import TINY, make_checkpoint
+from test_sample import TINY, make_checkpoint, one_error_line
 from torch import nn
 
 import jitrs
@@ -109,14 +109,6 @@ def eval_json(tmp_path: Path, *args: str | Path, env: dict[str, str] | None = No
     r = run_cli("eval", *args, "--json", out, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(out.read_text())
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------- the formula
