@@ -168,6 +168,21 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def best_seconds_interleaved(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Fastest of `repeats` timed calls of each fn, the calls taken round-robin after one untimed warm-up
+    round: a slow spell of the machine (or of the kernel's page allocator) then hits every fn alike instead
+    of whichever one happened to run during it."""
+    for fn in fns:
+        fn()
+    times = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i] = min(times[i], time.perf_counter() - start)
+    return times
+
+
 def timed(fn: Callable[[], object], repeats: int = 1, sync: Callable[[], object] = lambda: None) -> float:
     """Mean seconds per call over `repeats` back-to-back calls (the caller warms up). `sync` runs before the
     clock starts and before it stops, e.g. torch.cuda.synchronize so queued GPU work is counted."""

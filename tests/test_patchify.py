@@ -123,6 +123,71 @@ def test_output_is_a_fresh_writable_array():
     assert x.sum() > 0
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batched", [True, False])
+def test_out_is_filled_in_place_and_returned(dtype, batched):
+    rng = np.random.default_rng(4)
+    x = random_bits(rng, (2, 8, 12, 3) if batched else (8, 12, 3), dtype)
+    tokens = np.full(ref_patchify(x, 4).shape, 7, dtype)
+    assert jitrs.patchify(x, 4, out=tokens) is tokens
+    np.testing.assert_array_equal(bits(tokens), bits(ref_patchify(x, 4)))
+    for channels_last in (True, False):
+        want = ref_unpatchify(tokens, 4, 8, 12, channels_last)
+        image = np.empty(want.shape, dtype)
+        assert jitrs.unpatchify(tokens, 4, 8, 12, channels_last=channels_last, out=image) is image
+        np.testing.assert_array_equal(bits(image), bits(want))
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "p"), [((48, 256, 256, 3), np.uint8, 16), ((4, 512, 512, 3), np.float32, 32)]
+)
+def test_large_outputs_exact_whatever_their_alignment(shape, dtype, p):
+    """Outputs of 8 MB and more are written with streaming stores when 16-byte aligned; an out= view one
+    element into a buffer is aligned for its dtype but not to 16 bytes, and must come out the same."""
+    rng = np.random.default_rng(5)
+    x = random_bits(rng, shape, dtype)
+    want = ref_patchify(x, p)
+    assert want.nbytes >= 8 << 20
+    np.testing.assert_array_equal(bits(jitrs.patchify(x, p)), bits(want))
+    storage = np.zeros(want.size + 1, dtype)
+    shifted = storage[1:].reshape(want.shape)
+    assert shifted.ctypes.data % 16 != 0
+    np.testing.assert_array_equal(bits(jitrs.patchify(x, p, out=shifted)), bits(want))
+    assert storage[0] == 0
+    image = np.empty(shape, dtype)
+    np.testing.assert_array_equal(bits(jitrs.unpatchify(want, p, *shape[1:3], out=image)), bits(x))
+
+
+def test_unusable_out_is_refused_before_anything_is_written():
+    x = np.arange(2 * 8 * 8 * 3, dtype=np.float32).reshape(2, 8, 8, 3)
+    good = ref_patchify(x, 4)
+    read_only = np.zeros_like(good)
+    read_only.flags.writeable = False
+    cases = [
+        (np.zeros((2, 4, 47), np.float32), ValueError, "patchify: out= must have shape (2, 4, 48), got (2, 4, 47)"),
+        (np.zeros_like(good, dtype=np.float64), TypeError, "patchify: out= must have dtype float32, got float64"),
+        (np.zeros((2, 4, 96), np.float32)[..., ::2], ValueError, "C-contiguous"),
+        (read_only, ValueError, "cannot be written"),
+        ([[0.0]], TypeError, "patchify: out= must be a numpy.ndarray, got list"),
+    ]
+    for out, exc, message in cases:
+        with pytest.raises(exc) as info:
+            jitrs.patchify(x, 4, out=out)
+        assert message in str(info.value)
+        if isinstance(out, np.ndarray):
+            assert not out.any()
+    # out= sharing memory with the input would read already-overwritten values.
+    buffer = np.arange(2 * 4 * 48, dtype=np.float32)
+    with pytest.raises(ValueError, match="out= shares memory with the input"):
+        jitrs.patchify(buffer.reshape(2, 8, 8, 3), 4, out=buffer.reshape(2, 4, 48))
+    np.testing.assert_array_equal(buffer, np.arange(2 * 4 * 48, dtype=np.float32))
+    with pytest.raises(ValueError, match="unpatchify: out= shares memory"):
+        jitrs.unpatchify(good, 4, 8, 8, out=good.reshape(2, 8, 8, 3))
+    # A wrong token shape is named as such, not as an out= mismatch.
+    with pytest.raises(ValueError, match="expected 4 tokens"):
+        jitrs.unpatchify(good[:, :3], 4, 8, 8, out=np.zeros((2, 8, 8, 3), np.float32))
+
+
 def test_unaligned_and_byteswapped_inputs():
     x = np.random.default_rng(3).standard_normal((8, 8, 3)).astype(np.float32)
     raw = bytearray(x.nbytes + 1)

@@ -30,10 +30,26 @@ def center_crop(img: NDArray[np.uint8], size: int, *, flip: bool = False) -> NDA
 
 # --- patchify / unpatchify (rust/src/python/tokens.rs) and PNG writing (rust/src/python/png.rs) ---
 
-def patchify(arr: npt.NDArray[np.generic], p: int, channels_last: bool = True) -> npt.NDArray[np.generic]: ...
+def patchify(
+    arr: npt.NDArray[np.generic], p: int, channels_last: bool = True, out: npt.NDArray[np.generic] | None = None
+) -> npt.NDArray[np.generic]:
+    """JiT patch tokens of images: (H, W, C) -> (N, p*p*C), (B, H, W, C) -> (B, N, p*p*C), N = (H/p)*(W/p);
+    (C, H, W) / (B, C, H, W) with channels_last=False. Patches in row-major order, each token ordered (row in
+    patch, column in patch, channel). uint8/float16/float32/float64, any strides. out: a C-contiguous array of
+    the result's shape and dtype, not sharing memory with arr, filled and returned instead of a new one.
+    """
+
 def unpatchify(
-    tokens: npt.NDArray[np.generic], p: int, height: int, width: int, channels_last: bool = True
-) -> npt.NDArray[np.generic]: ...
+    tokens: npt.NDArray[np.generic],
+    p: int,
+    height: int,
+    width: int,
+    channels_last: bool = True,
+    out: npt.NDArray[np.generic] | None = None,
+) -> npt.NDArray[np.generic]:
+    """The exact inverse of patchify: (N, p*p*C) / (B, N, p*p*C) -> (height, width, C) / (B, height, width, C),
+    or channel-first with channels_last=False. out: as for patchify."""
+
 def write_pngs(
     images: npt.NDArray[np.uint8], paths: Sequence[str | PathLike[str]], threads: int | None = None
 ) -> None: ...

@@ -18,6 +18,10 @@ use thiserror::Error;
 const PARALLEL_MIN_BYTES: usize = 1 << 20;
 /// Bytes of output per rayon task: large enough to amortise scheduling, small enough to balance.
 const TASK_BYTES: usize = 256 << 10;
+/// Outputs at least this large are written with non-temporal (streaming) stores where the kernel
+/// allows: they cannot stay in cache anyway, and ordinary stores first read every destination line
+/// (read-for-ownership), a third pass over memory that a plain memcpy of this size does not pay.
+const STREAM_MIN_BYTES: usize = 8 << 20;
 /// Innermost axes no longer than this are copied as a small transpose (channels of a channel-first
 /// image) rather than as a strided gather.
 const TRANSPOSE_MAX_COLS: usize = 16;
@@ -151,21 +155,8 @@ pub fn unpatchify<T: Copy + Send + Sync>(
     out: &mut [T],
 ) -> Result<usize, PatchError> {
     let [b, n, d] = tokens.shape;
-    check_grid(height, width, p)?;
+    let c = token_channels(n, d, p, height, width)?;
     let (gh, gw) = (height / p, width / p);
-    let pp = p * p;
-    if n != gh * gw || !d.is_multiple_of(pp) || d == 0 {
-        return Err(PatchError::TokenShape {
-            tokens: n,
-            token_len: d,
-            expected_tokens: gh * gw,
-            pp,
-            height,
-            width,
-            p,
-        });
-    }
-    let c = d / pp;
     let [tb, tn, td] = tokens.strides;
     let (pi, ci, gwi) = (p as isize, c as isize, gw as isize);
     // Source strides of the output's axes: grid row, row in patch, grid column, column in patch, channel.
@@ -179,7 +170,33 @@ pub fn unpatchify<T: Copy + Send + Sync>(
     Ok(c)
 }
 
-fn check_grid(height: usize, width: usize, p: usize) -> Result<(), PatchError> {
+/// The channel count C of `n` tokens of length `d` that unpatchify into a `height`×`width` image,
+/// or why they can't.
+pub fn token_channels(
+    n: usize,
+    d: usize,
+    p: usize,
+    height: usize,
+    width: usize,
+) -> Result<usize, PatchError> {
+    check_grid(height, width, p)?;
+    let pp = p * p;
+    if n != (height / p) * (width / p) || !d.is_multiple_of(pp) || d == 0 {
+        return Err(PatchError::TokenShape {
+            tokens: n,
+            token_len: d,
+            expected_tokens: (height / p) * (width / p),
+            pp,
+            height,
+            width,
+            p,
+        });
+    }
+    Ok(d / pp)
+}
+
+/// Whether a `height`×`width` image splits into p×p patches.
+pub fn check_grid(height: usize, width: usize, p: usize) -> Result<(), PatchError> {
     if p == 0 {
         return Err(PatchError::PatchSize(p));
     }
@@ -247,6 +264,50 @@ fn transpose_any<T: Copy>(src: &[T], base: isize, cols: usize, col_stride: isize
 fn gather_any<T: Copy>(src: &[T], base: isize, stride: isize, out: &mut [T]) {
     for (i, dst) in out.iter_mut().enumerate() {
         *dst = src[(base + i as isize * stride) as usize];
+    }
+}
+
+/// Non-temporal copies of contiguous runs whose byte length is a multiple of 16 into 16-byte-aligned
+/// output (x86-64 only: SSE2 is part of its baseline, so no runtime detection is needed).
+#[cfg(target_arch = "x86_64")]
+mod streaming {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+
+    /// Whether `Inner::Run` of `len` elements of `T` can stream into `out`: every run then starts
+    /// on a 16-byte boundary because runs tile the output from its (aligned) start.
+    pub fn applies<T>(len: usize, out: &[T]) -> bool {
+        (len * size_of::<T>()).is_multiple_of(16) && (out.as_ptr() as usize).is_multiple_of(16)
+    }
+
+    /// `run`, with the output written around the cache. `CHUNKS` 16-byte chunks; 0 means "as many
+    /// as `out` holds" (a run length not known at compile time).
+    #[inline]
+    pub fn run<T: Copy, const CHUNKS: usize>(src: &[T], base: isize, out: &mut [T]) {
+        let start = base as usize;
+        let from = &src[start..start + out.len()];
+        let chunks = if CHUNKS == 0 {
+            size_of_val(out) / 16
+        } else {
+            CHUNKS
+        };
+        assert!(chunks * 16 == size_of_val(out) && (out.as_ptr() as usize).is_multiple_of(16));
+        let (s, d) = (
+            from.as_ptr() as *const __m128i,
+            out.as_mut_ptr() as *mut __m128i,
+        );
+        for i in 0..chunks {
+            // SAFETY: `from` and `out` are both `chunks * 16` bytes long (asserted above, and `from`
+            // has `out.len()` elements); `d` is 16-byte aligned as _mm_stream_si128 requires, and
+            // `_mm_loadu_si128` accepts any alignment. SSE2 is always present on x86-64.
+            unsafe { _mm_stream_si128(d.add(i), _mm_loadu_si128(s.add(i))) }
+        }
+    }
+
+    /// Orders the streaming stores before whatever this thread does next (handing the output to
+    /// another thread included): non-temporal stores are weakly ordered.
+    pub fn fence() {
+        // SAFETY: SSE is part of the x86-64 baseline.
+        unsafe { _mm_sfence() }
     }
 }
 
@@ -363,8 +424,31 @@ impl Plan {
 
     /// Copies the blocks `first_block..` into `out` (a whole number of blocks). The kind of inner
     /// run is chosen once here, so each `walk` below is a tight loop over one kind.
-    fn copy_blocks<T: Copy>(&self, src: &[T], offset: usize, first_block: usize, out: &mut [T]) {
+    fn copy_blocks<T: Copy>(
+        &self,
+        src: &[T],
+        offset: usize,
+        first_block: usize,
+        out: &mut [T],
+        stream: bool,
+    ) {
         let at = (src, offset, first_block);
+        #[cfg(target_arch = "x86_64")]
+        if let Inner::Run { len } = self.inner {
+            if stream && streaming::applies::<T>(len, out) {
+                match len * size_of::<T>() / 16 {
+                    3 => self.walk(at, out, streaming::run::<T, 3>),
+                    6 => self.walk(at, out, streaming::run::<T, 6>),
+                    12 => self.walk(at, out, streaming::run::<T, 12>),
+                    24 => self.walk(at, out, streaming::run::<T, 24>),
+                    _ => self.walk(at, out, streaming::run::<T, 0>),
+                }
+                streaming::fence();
+                return;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = stream;
         match self.inner {
             // Rows of p·C elements for p in {4, 8, 16, 32} and 3 or 4 channels.
             Inner::Run { len: 12 } => self.walk(at, out, run_fixed::<T, 12>),
@@ -466,15 +550,16 @@ fn strided_copy<T: Copy + Send + Sync>(
     let plan = Plan::new(view.shape, view.strides);
     let block = plan.block_len();
     let elem = std::mem::size_of::<T>().max(1);
+    let stream = expected * elem >= STREAM_MIN_BYTES;
     if expected * elem < PARALLEL_MIN_BYTES {
-        plan.copy_blocks(src, offset, 0, out);
+        plan.copy_blocks(src, offset, 0, out, stream);
         return Ok(());
     }
     let blocks_per_task = (TASK_BYTES / (block * elem)).max(1);
     out.par_chunks_mut(block * blocks_per_task)
         .enumerate()
         .for_each(|(task, chunk)| {
-            plan.copy_blocks(src, offset, task * blocks_per_task, chunk);
+            plan.copy_blocks(src, offset, task * blocks_per_task, chunk, stream);
         });
     Ok(())
 }
@@ -682,6 +767,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back, img);
+    }
+
+    /// Outputs from STREAM_MIN_BYTES up take the non-temporal path: runs of 3, 6, 12 and 24 16-byte
+    /// chunks (the unrolled kernels), 8 (the generic one), and 40 bytes (not streamable: an ordinary copy).
+    #[test]
+    fn streamed_copies_match_the_definition() {
+        for &(c, p) in &[(3, 4), (6, 4), (3, 16), (3, 32), (4, 8), (5, 2)] {
+            let (h, w) = (1024, 512);
+            let b = STREAM_MIN_BYTES.div_ceil(h * w * c * 4);
+            let img = iota(b * h * w * c);
+            assert!(img.len() * 4 >= STREAM_MIN_BYTES);
+            let mut out = vec![0; img.len()];
+            patchify(
+                &Strided::contiguous(&img, [b, h, w, c]).unwrap(),
+                p,
+                &mut out,
+            )
+            .unwrap();
+            assert!(out == reference_patchify(&img, b, h, w, c, p), "c={c} p={p}");
+            let mut back = vec![0; img.len()];
+            let tokens = Strided::contiguous(&out, [b, (h / p) * (w / p), p * p * c]).unwrap();
+            unpatchify(&tokens, p, h, w, true, &mut back).unwrap();
+            assert!(back == img, "c={c} p={p}");
+        }
     }
 
     #[test]

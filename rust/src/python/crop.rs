@@ -7,6 +7,7 @@ use numpy::{PyArray3, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUnt
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use super::arrays::shape_str;
 use crate::crop::{center_crop_into, Scratch};
 
 thread_local! {
@@ -36,7 +37,7 @@ pub fn center_crop<'py>(
                 .map_or_else(|_| "an unknown type".to_owned(), |n| n.to_string())
         ))
     })?;
-    let shape = python_tuple(array.shape());
+    let shape = shape_str(array.shape());
     let dims = array.shape();
     if dims.len() != 3 || dims[2] != 3 || dims[0] == 0 || dims[1] == 0 {
         return Err(PyValueError::new_err(format!(
@@ -77,13 +78,4 @@ pub fn center_crop<'py>(
     let out = Array3::from_shape_vec((size, size, 3), out)
         .map_err(|e| PyValueError::new_err(format!("center_crop: internal shape error: {e}")))?;
     Ok(PyArray3::from_owned_array(py, out))
-}
-
-/// A shape as Python prints it: `(10, 10, 3)`, `(5,)`.
-fn python_tuple(dims: &[usize]) -> String {
-    let items: Vec<String> = dims.iter().map(usize::to_string).collect();
-    match items.as_slice() {
-        [one] => format!("({one},)"),
-        _ => format!("({})", items.join(", ")),
-    }
 }

@@ -3,15 +3,13 @@
 use std::path::PathBuf;
 
 use numpy::ndarray::{Array3, Array4};
-use numpy::{
-    IntoPyArray, PyArray3, PyArray4, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray,
-    PyUntypedArrayMethods,
-};
+use numpy::{IntoPyArray, PyArray3, PyArray4, PyArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use super::arrays::{checked_out, type_name};
 use crate::batch::{self, OnError};
 use crate::decode::{decode_bytes, decode_file, DEFAULT_MAX_PIXELS};
 use crate::error::Error;
@@ -145,7 +143,8 @@ fn load_batch<'py>(
     };
     let (batch, failures) = match out {
         Some(out) => {
-            let array = checked_out(out, shape)?;
+            let array = checked_out(out, "out=", &shape, &numpy::dtype::<u8>(py))?
+                .cast_into::<PyArray4<u8>>()?;
             let mut view = array
                 .try_readwrite()
                 .map_err(|e| PyValueError::new_err(format!("out= cannot be written: {e}")))?;
@@ -233,49 +232,4 @@ fn flip_list(flip: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Vec<bool>> {
         )));
     }
     Ok(flips)
-}
-
-/// `out` as a uint8 array of exactly `shape`, C-contiguous and writable, or the error naming why not.
-fn checked_out<'a, 'py>(
-    out: &'a Bound<'py, PyAny>,
-    shape: [usize; 4],
-) -> PyResult<&'a Bound<'py, PyArray4<u8>>> {
-    let array = out.cast::<PyUntypedArray>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "out= must be a numpy.ndarray, got {}",
-            type_name(out)
-        ))
-    })?;
-    let dtype = array.dtype();
-    if !dtype.is_equiv_to(&numpy::dtype::<u8>(out.py())) {
-        return Err(PyTypeError::new_err(format!(
-            "out= must have dtype uint8, got {dtype}"
-        )));
-    }
-    if array.shape() != shape {
-        return Err(PyValueError::new_err(format!(
-            "out= must have shape {}, got {}",
-            tuple(&shape),
-            tuple(array.shape())
-        )));
-    }
-    if !array.is_c_contiguous() {
-        return Err(PyValueError::new_err(
-            "out= must be C-contiguous (use np.ascontiguousarray)",
-        ));
-    }
-    out.cast::<PyArray4<u8>>()
-        .map_err(|_| PyTypeError::new_err("out= must be a 4-D uint8 numpy array"))
-}
-
-fn tuple(shape: &[usize]) -> String {
-    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
-    format!("({})", dims.join(", "))
-}
-
-fn type_name(object: &Bound<'_, PyAny>) -> String {
-    object
-        .get_type()
-        .name()
-        .map_or_else(|_| "an unknown type".into(), |n| n.to_string())
 }

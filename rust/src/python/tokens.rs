@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 
-use super::arrays::{ascontiguous, dtype_str, numpy_array, shape_str};
+use super::arrays::{ascontiguous, checked_out, dtype_str, numpy_array, shape_str};
 use crate::patchify::{self as core_tokens, PatchError, Strided};
 
 /// Split images into JiT patch tokens.
@@ -19,12 +19,14 @@ use crate::patchify::{self as core_tokens, PatchError, Strided};
 /// (C, H, W) or (B, C, H, W). Any strides. H and W must be multiples of p.
 /// Returns a new C-contiguous array of arr's dtype, (N, p*p*C) or (B, N, p*p*C), N = (H/p)*(W/p),
 /// patches in row-major order, each token ordered (row in patch, column in patch, channel) as in JiT.
+/// out: a C-contiguous array of that shape and dtype, not overlapping arr, to fill and return instead.
 #[pyfunction]
-#[pyo3(signature = (arr, p, channels_last = true))]
+#[pyo3(signature = (arr, p, channels_last = true, out = None))]
 pub fn patchify<'py>(
     arr: &Bound<'py, PyAny>,
     p: i64,
     channels_last: bool,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let arr = supported(numpy_array(arr, "patchify: arr")?, "patchify: arr")?;
     let shape = arr.shape().to_vec();
@@ -53,6 +55,7 @@ pub fn patchify<'py>(
         strides = vec![strides[0], strides[2], strides[3], strides[1]];
     }
     let (b, h, w, c) = (dims[0], dims[1], dims[2], dims[3]);
+    core_tokens::check_grid(h, w, p).map_err(|e| shape_error(&context, e))?;
     let tokens = (h / p) * (w / p);
     let out_shape = if batched {
         vec![b, tokens, p * p * c]
@@ -64,7 +67,7 @@ pub fn patchify<'py>(
         strides: [strides[0], strides[1], strides[2], strides[3]],
         p,
     };
-    run(&arr, &op, &out_shape, &context)
+    run(&arr, &op, &out_shape, &context, out)
 }
 
 /// Reassemble images from JiT patch tokens: the exact inverse of `patchify`.
@@ -72,15 +75,17 @@ pub fn patchify<'py>(
 /// tokens: uint8, float16, float32 or float64 array, (N, p*p*C) or (B, N, p*p*C) with
 /// N = (height/p)*(width/p); any strides. Returns a new C-contiguous array of tokens' dtype,
 /// (height, width, C) / (B, height, width, C), or with channels_last=False (C, height, width) /
-/// (B, C, height, width).
+/// (B, C, height, width). out: a C-contiguous array of that shape and dtype, not overlapping tokens, to
+/// fill and return instead.
 #[pyfunction]
-#[pyo3(signature = (tokens, p, height, width, channels_last = true))]
+#[pyo3(signature = (tokens, p, height, width, channels_last = true, out = None))]
 pub fn unpatchify<'py>(
     tokens: &Bound<'py, PyAny>,
     p: i64,
     height: i64,
     width: i64,
     channels_last: bool,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let arr = supported(
         numpy_array(tokens, "unpatchify: tokens")?,
@@ -110,8 +115,8 @@ pub fn unpatchify<'py>(
         strides.insert(0, 0);
     }
     let (b, n, d) = (dims[0], dims[1], dims[2]);
-    // A wrong C only happens with a token shape the core rejects before writing anything.
-    let c = d / (p * p);
+    let c = core_tokens::token_channels(n, d, p, height, width)
+        .map_err(|e| shape_error(&context, e))?;
     let image = if channels_last {
         [height, width, c]
     } else {
@@ -130,7 +135,7 @@ pub fn unpatchify<'py>(
         width,
         channels_last,
     };
-    run(&arr, &op, &out_shape, &context)
+    run(&arr, &op, &out_shape, &context, out)
 }
 
 /// What to compute, in the core's canonical axes (strides in elements).
@@ -148,6 +153,10 @@ enum Op {
         width: usize,
         channels_last: bool,
     },
+}
+
+fn shape_error(context: &str, e: PatchError) -> PyErr {
+    PyValueError::new_err(format!("{context}: {e}"))
 }
 
 fn patch_size(context: &str, p: i64) -> PyResult<usize> {
@@ -199,12 +208,28 @@ fn run<'py>(
     op: &Op,
     out_shape: &[usize],
     context: &str,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let out = out
+        .map(|out| {
+            let what = match op {
+                Op::Patchify { .. } => "patchify: out=",
+                Op::Unpatchify { .. } => "unpatchify: out=",
+            };
+            let checked = checked_out(out, what, out_shape, &arr.dtype())?;
+            if overlaps(byte_span(arr), byte_span(&checked)) {
+                return Err(PyValueError::new_err(format!(
+                    "{what} shares memory with the input; pass a separate array"
+                )));
+            }
+            Ok((out, checked))
+        })
+        .transpose()?;
     match arr.dtype().itemsize() {
-        1 => run_typed::<u8>(arr, op, out_shape, context),
-        2 => run_typed::<u16>(arr, op, out_shape, context),
-        4 => run_typed::<u32>(arr, op, out_shape, context),
-        _ => run_typed::<u64>(arr, op, out_shape, context),
+        1 => run_typed::<u8>(arr, op, out_shape, context, out),
+        2 => run_typed::<u16>(arr, op, out_shape, context, out),
+        4 => run_typed::<u32>(arr, op, out_shape, context, out),
+        _ => run_typed::<u64>(arr, op, out_shape, context, out),
     }
 }
 
@@ -213,14 +238,23 @@ fn run_typed<'py, T: Element + Copy + Send + Sync>(
     op: &Op,
     out_shape: &[usize],
     context: &str,
+    given: Option<(&Bound<'py, PyAny>, Bound<'py, PyUntypedArray>)>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = arr.py();
     let (src, offset) = as_slice::<T>(arr);
-    // numpy allocates the output (zeroed lazily by calloc) so it gets numpy's transparent-huge-page
-    // hint: with 4 KiB pages, first-touch page faults made a fresh 50 MB output ~5x slower to fill.
-    let out = PyArrayDyn::<T>::zeros(py, out_shape, false);
+    let out = match &given {
+        // The caller's array seen as T (same bytes, dtype already checked to match arr's).
+        Some((_, checked)) => checked
+            .call_method1(intern!(py, "view"), (numpy::dtype::<T>(py),))?
+            .cast_into::<PyArrayDyn<T>>()?,
+        // numpy allocates the output (zeroed lazily by calloc) so it gets numpy's transparent-huge-page
+        // hint: with 4 KiB pages, first-touch page faults made a fresh 50 MB output ~5x slower to fill.
+        None => PyArrayDyn::<T>::zeros(py, out_shape, false),
+    };
     {
-        let mut guard = out.readwrite();
+        let mut guard = out.try_readwrite().map_err(|e| {
+            PyValueError::new_err(format!("{context}: out= cannot be written: {e}"))
+        })?;
         let out_slice = guard.as_slice_mut()?;
         py.detach(|| -> Result<(), PatchError> {
             match *op {
@@ -241,21 +275,22 @@ fn run_typed<'py, T: Element + Copy + Send + Sync>(
                 }
             }
         })
-        .map_err(|e| PyValueError::new_err(format!("{context}: {e}")))?;
+        .map_err(|e| shape_error(context, e))?;
     }
-    // A view is metadata only: the integer array becomes the input's dtype (float16, '>f4', ...).
-    out.call_method1(intern!(py, "view"), (arr.dtype(),))
+    match given {
+        Some((caller, _)) => Ok(caller.clone()),
+        // A view is metadata only: the integer array becomes the input's dtype (float16, '>f4', ...).
+        None => out.call_method1(intern!(py, "view"), (arr.dtype(),)),
+    }
 }
 
-/// The memory `arr` spans as a slice of `T`, and the index of its first element in that slice.
-fn as_slice<'a, T>(arr: &'a Bound<'_, PyUntypedArray>) -> (&'a [T], usize) {
-    let strides = element_strides(arr);
-    let shape = arr.shape();
-    if shape.contains(&0) {
-        return (&[], 0);
+/// The bytes `arr` can reach, as a half-open range of addresses (empty for an empty array).
+fn byte_span(arr: &Bound<'_, PyUntypedArray>) -> std::ops::Range<usize> {
+    if arr.shape().contains(&0) {
+        return 0..0;
     }
     let (mut low, mut high) = (0isize, 0isize);
-    for (&n, &s) in shape.iter().zip(&strides) {
+    for (&n, &s) in arr.shape().iter().zip(arr.strides()) {
         let reach = (n as isize - 1) * s;
         if reach < 0 {
             low += reach;
@@ -263,11 +298,29 @@ fn as_slice<'a, T>(arr: &'a Bound<'_, PyUntypedArray>) -> (&'a [T], usize) {
             high += reach;
         }
     }
+    // SAFETY: reading the data pointer field of a live array.
+    let data = unsafe { (*arr.as_array_ptr()).fields.data } as usize;
+    let item = arr.dtype().itemsize();
+    data.wrapping_add_signed(low)..data.wrapping_add_signed(high) + item
+}
+
+fn overlaps(a: std::ops::Range<usize>, b: std::ops::Range<usize>) -> bool {
+    !a.is_empty() && !b.is_empty() && a.start < b.end && b.start < a.end
+}
+
+/// The memory `arr` spans as a slice of `T`, and the index of its first element in that slice.
+fn as_slice<'a, T>(arr: &'a Bound<'_, PyUntypedArray>) -> (&'a [T], usize) {
+    let span = byte_span(arr);
+    if span.is_empty() {
+        return (&[], 0);
+    }
+    let item = size_of::<T>();
     // SAFETY: numpy guarantees every element the array's shape and strides reach is inside its
-    // allocation, so [data + low, data + high] is readable for as long as `arr` is alive (the
-    // returned slice borrows it). `readable` checked that the data is aligned for T (an unsigned
-    // integer of the dtype's size, valid for any bit pattern) and that strides are whole elements.
-    let data = unsafe { (*arr.as_array_ptr()).fields.data as *const T };
-    let slice = unsafe { std::slice::from_raw_parts(data.offset(low), (high - low + 1) as usize) };
-    (slice, (-low) as usize)
+    // allocation, so `span` is readable for as long as `arr` is alive (the returned slice borrows
+    // it). `readable` checked that the data is aligned for T (an unsigned integer of the dtype's
+    // size, valid for any bit pattern) and that strides are whole elements, so `span` holds a whole
+    // number of them and the first element lies a whole number of elements past its start.
+    let data = unsafe { (*arr.as_array_ptr()).fields.data } as usize;
+    let slice = unsafe { std::slice::from_raw_parts(span.start as *const T, span.len() / item) };
+    (slice, (data - span.start) / item)
 }
