@@ -785,7 +785,10 @@ mod tests {
                 &mut out,
             )
             .unwrap();
-            assert!(out == reference_patchify(&img, b, h, w, c, p), "c={c} p={p}");
+            assert!(
+                out == reference_patchify(&img, b, h, w, c, p),
+                "c={c} p={p}"
+            );
             let mut back = vec![0; img.len()];
             let tokens = Strided::contiguous(&out, [b, (h / p) * (w / p), p * p * c]).unwrap();
             unpatchify(&tokens, p, h, w, true, &mut back).unwrap();
