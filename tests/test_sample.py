@@ -210,13 +210,14 @@ def test_cli_prints_the_uneven_split_and_makes_exactly_n(ckpt: Path, tmp_path: P
 
 
 def test_two_processes_make_the_same_images_as_one(ckpt: Path, tmp_path: Path) -> None:
-    common = ["--ckpt", ckpt, "--n", 9, "--steps", 3, "--cfg", 2.0, "--format", "both"]
-    one = run_cli("sample", "--out", tmp_path / "one", "--batch-size", 4, *common)
+    common = ["--ckpt", ckpt, "--steps", 3, "--cfg", 2.0, "--format", "both"]
+    one = run_cli("sample", "--out", tmp_path / "one", "--batch-size", 4, "--n", 9, *common)
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "jitrs", "--"]
+    # As the README launches it: --num-samples, since torchrun's own parser rejects --n.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "jitrs"]
     two = subprocess.run(
-        [*cmd, "sample", "--out", str(tmp_path / "two"), "--batch-size", "2", *map(str, common)],
+        [*cmd, "sample", "--out", str(tmp_path / "two"), "--batch-size", "2", "--num-samples", "9", *map(str, common)],
         capture_output=True,
         text=True,
         env=env,

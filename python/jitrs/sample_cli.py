@@ -25,7 +25,11 @@ def sample_command(
         Path, typer.Option(help="A checkpoint (.pt, .safetensors, official checkpoint-*.pth) or a run dir.")
     ],
     out: Annotated[Path, typer.Option(help="Output directory; rerunning the same command resumes it.")],
-    n: Annotated[int, typer.Option(help="Number of images, class-balanced in class order.")] = 50000,
+    n: Annotated[
+        int,
+        # --num-samples / -n: under torchrun, whose own parser rejects --n as an abbreviation of its options.
+        typer.Option("--n", "-n", "--num-samples", help="Number of images, class-balanced in class order."),
+    ] = 50000,
     ema: Annotated[
         str | None,
         typer.Option(help="Weights: EMA 1, EMA 2 or the raw model (1|2|none); default EMA 1, or an export's only set."),
