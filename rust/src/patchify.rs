@@ -770,7 +770,8 @@ mod tests {
     }
 
     /// Outputs from STREAM_MIN_BYTES up take the non-temporal path: runs of 3, 6, 12 and 24 16-byte
-    /// chunks (the unrolled kernels), 8 (the generic one), and 40 bytes (not streamable: an ordinary copy).
+    /// chunks (the unrolled kernels), 8 (the generic one), and 40 bytes (not streamable: an ordinary copy);
+    /// channel-first (transposes and gathers, which write with ordinary stores), the same sizes.
     #[test]
     fn streamed_copies_match_the_definition() {
         for &(c, p) in &[(3, 4), (6, 4), (3, 16), (3, 32), (4, 8), (5, 2)] {
@@ -793,6 +794,29 @@ mod tests {
             let tokens = Strided::contiguous(&out, [b, (h / p) * (w / p), p * p * c]).unwrap();
             unpatchify(&tokens, p, h, w, true, &mut back).unwrap();
             assert!(back == img, "c={c} p={p}");
+
+            // The same numbers read as channel-first images.
+            let (hw, chw) = (h * w, c * h * w);
+            let as_chw = Strided::new(
+                &img,
+                0,
+                [b, h, w, c],
+                [chw as isize, w as isize, 1, hw as isize],
+            )
+            .unwrap();
+            let mut hwc = vec![0; img.len()];
+            for (i, v) in hwc.iter_mut().enumerate() {
+                let (ch, x, y, bi) = (i % c, i / c % w, i / (c * w) % h, i / chw);
+                *v = img[bi * chw + ch * hw + y * w + x];
+            }
+            patchify(&as_chw, p, &mut out).unwrap();
+            assert!(
+                out == reference_patchify(&hwc, b, h, w, c, p),
+                "channel-first c={c} p={p}"
+            );
+            let tokens = Strided::contiguous(&out, [b, (h / p) * (w / p), p * p * c]).unwrap();
+            unpatchify(&tokens, p, h, w, false, &mut back).unwrap();
+            assert!(back == img, "channel-first c={c} p={p}");
         }
     }
 
