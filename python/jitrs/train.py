@@ -45,6 +45,7 @@ from jitrs.errors import UserError
 from jitrs.flow import Flow
 from jitrs.loader import Loader, Plan
 from jitrs.model import JiT, JiT_models
+from jitrs.sample import to_pixels
 from jitrs.train_cli import SCHEDULES, TrainConfig
 
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "jitrs", 1
@@ -135,12 +136,6 @@ def learning_rate(step: int, peak: float, warmup_steps: int, total: int, schedul
         return peak
     progress = (step - warmup_steps) / (total - warmup_steps)
     return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [-1, 1] -> (B, H, W, 3) uint8, round(clip((x + 1) / 2, 0, 1) · 255)."""
-    img = ((x.float() + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return img.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def image_grid(images: np.ndarray, rows: int, cols: int, min_tile: int = 64, pad: int = 2) -> np.ndarray:
@@ -556,7 +551,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
         path = samples_dir / f"step-{step:07d}.png"
         if not d.main:
             return None
-        jitrs.write_pngs(image_grid(to_uint8(x), SAMPLE_ROWS, SAMPLE_COLS)[None], [str(path)])
+        jitrs.write_pngs(image_grid(to_pixels(x).cpu().numpy(), SAMPLE_ROWS, SAMPLE_COLS)[None], [str(path)])
         return path
 
     # ---------------------------------------------------------------- loop
