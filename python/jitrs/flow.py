@@ -9,10 +9,17 @@ the official clamps: 1 − t is clamped below at t_eps wherever it divides (and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+# The paper's settings (official code, 256 px), named once; the CLI defaults and the samplers use these.
+P_MEAN, P_STD = -0.8, 0.8  # t = sigmoid(N(P_MEAN, P_STD²)): biased towards noise
+T_EPS = 0.05  # the clamp of 1 − t wherever it divides
+LABEL_DROP = 0.1  # probability of the null class in training (classifier-free guidance)
+CFG_INTERVAL = (0.1, 1.0)  # guidance applies on this interval of t only
+SAMPLE_STEPS = 50  # Heun steps (99 network evaluations)
 
 Space = Literal["x", "eps", "v"]
 SPACES: tuple[str, ...] = ("x", "eps", "v")
@@ -32,11 +39,11 @@ class Flow:
 
     def __init__(
         self,
-        P_mean: float = -0.8,
-        P_std: float = 0.8,
+        P_mean: float = P_MEAN,
+        P_std: float = P_STD,
         noise_scale: float = 1.0,
-        t_eps: float = 0.05,
-        label_drop: float = 0.1,
+        t_eps: float = T_EPS,
+        label_drop: float = LABEL_DROP,
         pred: Space = "x",
         loss_space: Space = "v",
     ) -> None:
@@ -50,6 +57,27 @@ class Flow:
             raise ValueError(f"need noise_scale > 0, P_std > 0 and 0 < t_eps < 1, got {noise_scale}, {P_std}, {t_eps}")
         self.P_mean, self.P_std, self.noise_scale, self.t_eps = P_mean, P_std, noise_scale, t_eps
         self.label_drop, self.pred, self.loss_space = label_drop, pred, loss_space
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting, as stored in a checkpoint's "flow" entry."""
+        return {
+            "noise_scale": self.noise_scale,
+            "P_mean": self.P_mean,
+            "P_std": self.P_std,
+            "t_eps": self.t_eps,
+            "label_drop": self.label_drop,
+            "pred": self.pred,
+            "loss_space": self.loss_space,
+        }
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any], noise_scale: float | None = None) -> Flow:
+        """The flow of a checkpoint's "flow" entry; settings it lacks (older or official files) take the defaults.
+        Raises ValueError for impossible settings."""
+        known = {k: stored[k] for k in cls().to_dict() if k in stored}
+        if noise_scale is not None:
+            known["noise_scale"] = noise_scale
+        return cls(**known)
 
     def __repr__(self) -> str:
         return (
@@ -129,7 +157,7 @@ class Flow:
         self,
         net: Net,
         y: Tensor | None,
-        steps: int = 50,
+        steps: int = SAMPLE_STEPS,
         method: Literal["heun", "euler"] = "heun",
         cfg: float = 1.0,
         interval: tuple[float, float] = (0.0, 1.0),

@@ -44,6 +44,7 @@ class Plan:
     world_size: int = 1
     rank: int = 0
     seed: int = 0
+    flip: bool = True  # random horizontal flips (p = 0.5); off for data that mirroring changes, like digits
 
     def __post_init__(self) -> None:
         if min(self.micro_batch, self.accum, self.world_size) < 1 or not 0 <= self.rank < self.world_size:
@@ -61,7 +62,7 @@ class Plan:
     def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(permutation of all image ids (N,) int64, horizontal flip per position (N,) bool) for an epoch."""
         rng = np.random.default_rng([self.seed, epoch])
-        return rng.permutation(self.num_images), rng.random(self.num_images) < 0.5
+        return rng.permutation(self.num_images), (rng.random(self.num_images) < 0.5) & self.flip
 
     def sub_batch(self, step: int, accum_index: int) -> int:
         """m = a · world_size + rank: this rank's sub-batch number inside the global batch of a step."""

@@ -22,6 +22,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 
 import jitrs
 from jitrs import adm_npz
+from jitrs.device import pick_device
 from jitrs.errors import UserError
 
 WEIGHTS_ENV = "JITRS_INCEPTION_WEIGHTS"
@@ -171,10 +172,6 @@ def frechet_distance(a: Stats, b: Stats) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- the jobs
-def pick_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def evaluate(
     samples: Path,
     ref: Path,

@@ -28,8 +28,10 @@ from rich.text import Text
 
 import jitrs
 from jitrs import adm_npz
+from jitrs.device import setup_distributed
 from jitrs.errors import UserError
-from jitrs.flow import Flow
+from jitrs.flow import SAMPLE_STEPS, Flow
+from jitrs.grid import image_grid
 from jitrs.rundir import resolve_checkpoint
 
 # CFG scales of the released official results (reference table); other models default to no guidance.
@@ -53,7 +55,7 @@ class SampleOptions:
     n: int
     ema: str | None = None
     method: str = "heun"
-    steps: int = 50
+    steps: int | None = None
     cfg: float | None = None
     interval: tuple[float, float] = (0.1, 1.0)
     batch_size: int = 64
@@ -120,18 +122,6 @@ def image_noise(seed: int, indices: Sequence[int], shape: tuple[int, ...]) -> to
 def to_pixels(z: torch.Tensor) -> torch.Tensor:
     """Sampler output (B, 3, H, W) float in [-1, 1] -> (B, H, W, 3) uint8, round(clip((z+1)/2, 0, 1)·255)."""
     return ((z.float() + 1) / 2).clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def image_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
-    """(B, H, W, 3) uint8 -> one (rows·H, cols·W, 3) uint8 mosaic, row-major, black where B runs out."""
-    b, h, w, c = images.shape
-    cols = min(cols, b)
-    rows = -(-b // cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
-    for k, img in enumerate(images):
-        r, q = divmod(k, cols)
-        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = img
-    return grid
 
 
 def png_name(index: int) -> str:
@@ -212,7 +202,7 @@ class SampleStore:
             shutil.rmtree(self.parts)  # with any temp file of a write that was killed
         grid_path = self.out / GRID_PATH
         grid_path.parent.mkdir(exist_ok=True)
-        jitrs.write_pngs(image_grid(first)[None], [str(grid_path)])
+        jitrs.write_pngs(image_grid(first, cols=8)[None], [str(grid_path)])
 
     def first_images(self, count: int) -> np.ndarray:
         """(count, H, W, 3) uint8: images 0..count-1, from the PNGs, the finished npz or the npz parts."""
@@ -287,7 +277,7 @@ def _check_options(opt: SampleOptions) -> None:
         raise UserError(f"--ema must be one of {', '.join(EMA_KEYS)}, got {opt.ema!r}")
     if opt.method not in ("heun", "euler"):
         raise UserError(f"--method must be heun or euler, got {opt.method!r}")
-    if opt.steps < 1:
+    if opt.steps is not None and opt.steps < 1:
         raise UserError(f"--steps must be >= 1, got {opt.steps}")
     if opt.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {opt.batch_size}")
@@ -342,26 +332,19 @@ def _write_manifest(out: Path, settings: Settings) -> None:
     os.replace(tmp, path)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size): torchrun sets WORLD_SIZE; a single process is rank 0 of 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        # The ranks only ever wait for each other (barriers), never exchange tensors: gloo does it on any device.
-        dist.init_process_group("gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
 def _barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
 
 
-def _device(opt: SampleOptions) -> torch.device:
-    if opt.device is not None:
-        return torch.device(opt.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+def sampler_defaults(opt: SampleOptions, ckpt: jitrs.Checkpoint) -> tuple[float, int]:
+    """(guidance scale, steps): the options given, else the published scale of an official model and the paper's
+    steps, else what the run's own sample grids used (its --sample-cfg and --sample-steps), else no guidance."""
+    run = ckpt.raw.get("train_config") or {}
+    official = OFFICIAL_CFG.get(ckpt.name or "")
+    cfg = opt.cfg if opt.cfg is not None else official if official is not None else run.get("sample_cfg", 1.0)
+    steps = opt.steps if opt.steps is not None else SAMPLE_STEPS if official is not None else run.get("sample_steps")
+    return float(cfg), int(steps or SAMPLE_STEPS)
 
 
 def _weight_set(ema: str | None, path: Path, stored: list[str]) -> str:
@@ -377,7 +360,7 @@ def _weight_set(ema: str | None, path: Path, stored: list[str]) -> str:
 def _flow(path: Path, stored: dict[str, Any], noise_scale: float) -> Flow:
     """The sampler of the checkpoint's training: its noise scale, t_eps and prediction target."""
     try:
-        return Flow(noise_scale=noise_scale, **{k: stored[k] for k in ("t_eps", "pred") if k in stored})
+        return Flow.from_dict(stored, noise_scale=noise_scale)
     except ValueError as e:
         raise UserError(f"--ckpt {path}: its flow settings cannot sample ({e})") from None
 
@@ -397,7 +380,9 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     _check_options(opt)
     ckpt_path = resolve_checkpoint(opt.ckpt, "--ckpt")
     check_writable(opt.out)
-    rank, world = _distributed()
+    # The ranks only ever wait for each other (barriers), never exchange tensors: gloo does it on any device.
+    d = setup_distributed(opt.device, backend="gloo")
+    rank, world, device = d.rank, d.world, d.device
     console = console or Console(stderr=True, quiet=rank != 0)
 
     ckpt = jitrs.load_checkpoint(ckpt_path)
@@ -408,9 +393,8 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     if bad:
         raise UserError(f"--classes {bad[0]} is out of range: {ckpt_path} has classes 0..{num_classes - 1}")
     weights = _weight_set(opt.ema, ckpt_path, list(ckpt.weights))
-    cfg = opt.cfg if opt.cfg is not None else OFFICIAL_CFG.get(ckpt.name or "", 1.0)
+    cfg, steps = sampler_defaults(opt, ckpt)
     flow = _flow(ckpt_path, ckpt.flow, ckpt.noise_scale)
-    device = _device(opt)
     # Built before anything is written, so a checkpoint whose weights do not fit its config leaves no trace.
     net = ckpt.build(ema=weights, device=device).eval()
     stat = ckpt_path.stat()
@@ -422,7 +406,7 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
         n=opt.n,
         classes=classes,
         method=opt.method,
-        steps=opt.steps,
+        steps=steps,
         cfg=float(cfg),
         interval=[float(v) for v in opt.interval],
         seed=opt.seed,
@@ -445,7 +429,7 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
         per, extra = divmod(opt.n, len(classes))
         console.print(
             f"{ckpt.name or 'JiT'} at {res} px from {ckpt_path} ({weights}), {len(classes)} classes, "
-            f"{opt.method} {opt.steps} steps, cfg {cfg:g} on ({opt.interval[0]:g}, {opt.interval[1]:g}), "
+            f"{opt.method} {steps} steps, cfg {cfg:g} on ({opt.interval[0]:g}, {opt.interval[1]:g}), "
             f"seed {opt.seed}, {world} process(es) on {device.type}"
         )
         if extra:

@@ -35,9 +35,17 @@ def sample_command(
         typer.Option(help="Weights: EMA 1, EMA 2 or the raw model (1|2|none); default EMA 1, or an export's only set."),
     ] = None,
     method: Annotated[str, typer.Option(help="ODE solver: heun or euler.")] = "heun",
-    steps: Annotated[int, typer.Option(help="Solver steps (50 Heun steps = 99 network evaluations).")] = 50,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Solver steps (50 Heun steps = 99 network evaluations; default: the run's --sample-steps, else 50)."
+        ),
+    ] = None,
     cfg: Annotated[
-        float | None, typer.Option(help="Guidance scale; default: the official one for a named model, else 1.")
+        float | None,
+        typer.Option(
+            help="Guidance scale; default: the official one of a named model, else the run's --sample-cfg, else 1."
+        ),
     ] = None,
     interval_min: Annotated[float, typer.Option(help="Guidance applies for interval-min < t < interval-max.")] = 0.1,
     interval_max: Annotated[float, typer.Option(help="Upper end of the guidance interval.")] = 1.0,

@@ -12,19 +12,17 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from jitrs.atomic import atomic_path, atomic_write_text
 from jitrs.errors import UserError
 from jitrs.flow import Flow, Space
 
@@ -181,6 +179,7 @@ def run_toy(cfg: ToyConfig, on_cell: Callable[[Cell, float], None] | None = None
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)  # see jitrs.device: the toy computes on the CPU
     try:
         return _run_cells(cfg, on_cell)
     finally:
@@ -229,31 +228,9 @@ def prepare_out_dir(out: Path) -> None:
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e}).") from e
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def _atomic(path: Path, mode: str) -> Iterator[IO]:
-    """Write path through a temporary file beside it, renamed over it only once writing succeeded."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_results(result: ToyResult, path: Path) -> None:
     """results.json: a list of {"pred", "D", "nn2d", "offmanifold"}, written atomically."""
-    with _atomic(path, "w") as f:
-        json.dump([c.row() for c in result.cells], f, indent=1)
-        f.write("\n")
+    atomic_write_text(path, json.dumps([c.row() for c in result.cells], indent=1) + "\n")
 
 
 def save_figure(result: ToyResult, path: Path, max_reference: int = 4000) -> None:
@@ -275,5 +252,5 @@ def save_figure(result: ToyResult, path: Path, max_reference: int = 4000) -> Non
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{pred}-pred, D={dim}\nnn2d {cell.nn2d:.3f}", fontsize=9)
-    with _atomic(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)

@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -39,18 +36,23 @@ from torch.distributed.fsdp import fully_shard
 
 import jitrs
 from jitrs import rundir
-from jitrs.dataset import DIGITS_NAME, ImageIndex, build_index, digits_dataset
+from jitrs.atomic import atomic_write_text
+from jitrs.builtin import builtin_name, data_root
+from jitrs.checkpoint import checkpoint_payload
+from jitrs.dataset import ImageIndex, build_index
+from jitrs.device import Dist, decode_threads, setup_distributed
 from jitrs.ema import EMA
 from jitrs.errors import UserError
-from jitrs.flow import Flow
+from jitrs.flow import CFG_INTERVAL, Flow
+from jitrs.grid import write_labelled_grid
 from jitrs.loader import Loader, Plan
 from jitrs.model import JiT, JiT_models
+from jitrs.runlog import RunLog, plot_loss, plot_quality
 from jitrs.sample import to_pixels
-from jitrs.train_cli import SCHEDULES, TrainConfig
+from jitrs.train_config import TrainConfig
 
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "jitrs", 1
-CFG_INTERVAL = (0.1, 1.0)  # the paper's guidance interval, used for the sample grids
-SAMPLE_ROWS, SAMPLE_COLS = 4, 10
+DROPOUT_KEYS = ("attn_drop", "proj_drop")  # model args that leave the architecture as it is
+GRID_CLASSES, GRID_SEEDS = 10, 10  # sample grids: one row per class (spread over the label range), 10 seeds each
 
 
 class DivergedError(UserError):
@@ -60,43 +62,6 @@ class DivergedError(UserError):
 #################################################################################
 #                                   Helpers                                     #
 #################################################################################
-
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits: rank, world size and its device."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | None) -> Dist:
-    """One process, or torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK): NCCL on CUDA, gloo on CPU."""
-    want = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if want.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist(0, 1, want)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if want.type == "cuda":
-        want = torch.device("cuda", local)
-        torch.cuda.set_device(want)
-        dist.init_process_group("nccl", device_id=want)
-    else:
-        dist.init_process_group("gloo")
-    return Dist(rank, world, want)
-
-
-def decode_threads() -> int:
-    """The usable cores shared among the processes of this node (torchrun sets LOCAL_WORLD_SIZE)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -138,54 +103,6 @@ def learning_rate(step: int, peak: float, warmup_steps: int, total: int, schedul
     return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def image_grid(images: np.ndarray, rows: int, cols: int, min_tile: int = 64, pad: int = 2) -> np.ndarray:
-    """(rows·cols, S, S, 3) uint8 -> one (H, W, 3) grid, tiles upscaled (nearest) to at least min_tile px and
-    separated by `pad` grey pixels (visible on white and on black backgrounds)."""
-    s = images.shape[1]
-    k = max(1, min_tile // s)
-    tiles = images.reshape(rows, cols, s, s, 3).repeat(k, axis=2).repeat(k, axis=3)
-    tiles = np.pad(tiles, ((0, 0), (0, 0), (0, pad), (0, pad), (0, 0)), constant_values=128)
-    t = s * k + pad
-    grid = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * t, cols * t, 3)
-    return np.ascontiguousarray(grid[: rows * t - pad, : cols * t - pad])
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def plot_loss(metrics: Path, out: Path) -> None:
-    """The loss curve of a run (every row of metrics.jsonl) as a PNG, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    steps = [r["step"] for r in rows if "loss" in r]
-    losses = [r["loss"] for r in rows if "loss" in r]
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.subplots()
-    ax.plot(steps, losses, lw=1)
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("loss (v-space MSE)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp.png")
-    os.close(fd)
-    fig.savefig(tmp)
-    os.replace(tmp, out)
-
-
-#################################################################################
-#                              Configuration                                    #
-#################################################################################
-
-
 @dataclass(frozen=True)
 class Setup:
     """What the config resolves to for this dataset and world size."""
@@ -198,29 +115,6 @@ class Setup:
     total_steps: int
     warmup_steps: int
     peak_lr: float
-
-
-def check_options(cfg: TrainConfig) -> None:
-    """Reject impossible values with one sentence naming the option."""
-    positive = ("res", "batch_size", "ckpt_every", "log_every", "sample_steps", "loader_workers")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("global_batch", "accum", "steps", "threads"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if cfg.epochs <= 0 and cfg.steps is None:
-        raise UserError(f"--epochs must be positive, got {cfg.epochs}")
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"--schedule {cfg.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    for name in ("ema1", "ema2"):
-        if not 0.0 <= getattr(cfg, name) < 1.0:
-            raise UserError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
-    if cfg.blr <= 0 or cfg.warmup_epochs < 0 or cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.keep_last < 0:
-        raise UserError("--blr must be positive and --warmup-epochs, --weight-decay, --grad-clip, --keep-last >= 0")
-    if cfg.data is None:
-        raise UserError("--data is required: an image folder (DATA/train/<class>/*.jpg) or 'digits'")
 
 
 def resolve(
@@ -247,13 +141,15 @@ def resolve(
                 f"--res {cfg.res}: the checkpoint's model was built for {model_config.get('input_size')} px"
             )
     else:
-        name = cfg.model or default_model(cfg.res)
+        name: str | None = cfg.model or default_model(cfg.res)
         if name not in JiT_models:
             raise UserError(f"--model {name}: unknown model; choose one of {', '.join(JiT_models)}")
         model_config = {**JiT_models[name], **cfg.model_args, "input_size": cfg.res, "num_classes": n_classes}
+        if any(model_config[k] != JiT_models[name].get(k) for k in cfg.model_args if k not in DROPOUT_KEYS):
+            name = None  # another architecture: the named model's settings (its CFG scale) do not apply
         patch = model_config["patch_size"]
         if cfg.res % patch:
-            raise UserError(f"--res {cfg.res} is not divisible by the patch size {patch} of {name}")
+            raise UserError(f"--res {cfg.res} is not divisible by the patch size {patch} of {cfg.model or name}")
     micro = cfg.batch_size * world
     if cfg.global_batch is not None:
         if cfg.global_batch % micro:
@@ -285,8 +181,8 @@ def resolve(
 
 
 def open_index(cfg: TrainConfig, run_dir: Path) -> ImageIndex:
-    data = digits_dataset() if cfg.data == DIGITS_NAME else Path(cfg.data)  # type: ignore[arg-type]
-    return build_index(data, cache=run_dir / "index.json", threads=cfg.threads)
+    assert cfg.data is not None  # check_options
+    return build_index(data_root(cfg.data), cache=run_dir / "index.json", threads=cfg.threads)
 
 
 def load_resume(path: str) -> tuple[Path, Any]:
@@ -298,70 +194,6 @@ def load_resume(path: str) -> tuple[Path, Any]:
             f"--resume {file}: the checkpoint holds weights but no training state; use --init to start from it"
         )
     return file, ckpt
-
-
-#################################################################################
-#                               Run logging                                     #
-#################################################################################
-
-
-class RunLog:
-    """Rank 0's view: metrics.jsonl, TensorBoard, the progress bar and plain lines when not on a terminal."""
-
-    def __init__(self, run_dir: Path, start_step: int, total: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.console = Console(stderr=True)
-        self.metrics = run_dir / "metrics.jsonl"
-        self.progress: Progress | None = None
-        self.writer = None
-        if not enabled:
-            return
-        # A resumed run rewinds the log to its checkpoint, so re-run steps are not logged twice.
-        if self.metrics.exists():
-            kept = [
-                line
-                for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= start_step
-            ]
-            atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
-        if self.console.is_terminal:
-            self.progress = Progress(
-                TextColumn("step {task.completed}/{task.total}"),
-                BarColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self.task = self.progress.add_task("train", total=total, completed=start_step, info="")
-            self.progress.start()
-
-    def print(self, msg: str) -> None:
-        if self.enabled:
-            self.console.print(msg, highlight=False, soft_wrap=True)
-
-    def row(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        assert self.writer is not None
-        for key in ("loss", "lr", "images_per_s", "grad_norm"):
-            if key in row:
-                self.writer.add_scalar(f"train/{key}", row[key], row["step"])
-        info = f"epoch {row['epoch']}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s"
-        if self.progress is not None:
-            self.progress.update(self.task, completed=row["step"], info=info)
-        else:
-            self.console.print(f"step {row['step']}  {info}", highlight=False)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-        if self.writer is not None:
-            self.writer.close()
 
 
 class StopFlag:
@@ -389,157 +221,290 @@ class StopFlag:
 
 def train(cfg: TrainConfig, resume: tuple[Path, Any] | None = None) -> None:
     """Run (or resume) training as configured; see the module docstring. Raises UserError on bad input."""
-    check_options(cfg)
+    cfg.validate()
     resume = resume or (load_resume(cfg.resume) if cfg.resume else None)
     d = setup_distributed(cfg.device)
     if cfg.fsdp and d.world == 1:
         raise UserError("--fsdp shards over several processes: launch with torchrun --nproc_per_node=N")
     try:
-        _train(cfg, d, resume)
+        run = Run(cfg, d, resume)
+        resume = None  # the checkpoint's tensors are in the model and optimiser now: let the host copy go
+        try:
+            done = run.loop()
+            score = run.final_score(done)
+        finally:
+            run.close()
+        run.summary(done, score)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
-    # ---------------------------------------------------------------- setup
-    run_dir = Path(cfg.out)
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        index = open_index(cfg, run_dir)
-    if d.world > 1:
-        dist.barrier()  # rank 0 has written the index cache (and the digits files): the others read them
-    if not d.main:
-        index = open_index(cfg, run_dir)
-    init = jitrs.load_checkpoint(cfg.init) if cfg.init and resume is None else None
-    base = resume[1] if resume else init
-    s = resolve(
-        cfg, len(index), len(index.classes), d.world, base.config if base else None, base.noise_scale if base else None
-    )
-    plan = Plan(len(index), cfg.batch_size, s.accum, d.world, d.rank, cfg.seed)
-    cuda = d.device.type == "cuda"
-    if cuda:  # TF32 for what runs outside bf16 autocast, as DiT does
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    use_bf16 = cuda if cfg.bf16 is None else cfg.bf16
-    use_compile = cuda if cfg.compile is None else cfg.compile
-    try:
-        flow = Flow(cfg.p_mean, cfg.p_std, s.noise_scale, cfg.t_eps, cfg.label_drop)
-    except ValueError as e:
-        raise UserError(f"--noise-scale/--p-std/--t-eps/--label-drop: {e}") from None
+class Run:
+    """One training job: the model, its EMAs and optimiser, the data, the log, and what the loop has done."""
 
-    # ---------------------------------------------------------------- model, EMAs, optimiser
-    torch.manual_seed(cfg.seed)
-    try:
-        model = JiT(**s.model_config)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"--model-arg: cannot build the model ({e})") from None
-    if base is not None:
-        model.load_state_dict(base.weights["model"], strict=True)
-    model.to(d.device)
-    log = RunLog(run_dir, resume[1].step if resume else 0, s.total_steps, d.main)
-    if d.device.type == "cpu":
-        log.print("[yellow]warning:[/] training on the CPU; this is only practical for tiny models (--demo)")
-    ema1, ema2 = EMA(model, cfg.ema1), EMA(model, cfg.ema2)
-    if base is not None:
-        for ema, key in ((ema1, "ema1"), (ema2, "ema2")):
-            if key in base.weights:
-                ema.module.load_state_dict(base.weights[key], strict=True)
-    net: nn.Module = model
-    ddp = None
-    if cfg.fsdp:
-        # Each block, then the rest, sharded over all ranks; the EMAs the same way, so they cost 1/world each.
-        mesh = init_device_mesh(d.device.type, (d.world,))
-        for module in (model, ema1.module, ema2.module):
-            for block in module.blocks:
-                fully_shard(block, mesh=mesh)
-            fully_shard(module, mesh=mesh)
-    elif d.world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if cuda else None)
-        net = ddp
-    if use_compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=s.peak_lr, betas=(0.9, 0.95), fused=cuda or None)
-    # Optimiser state is saved and loaded whole, keyed by parameter name, whatever the sharding (DDP, FSDP, none).
-    full = StateDictOptions(full_state_dict=True, cpu_offload=cfg.fsdp)
-    start_step = 0
-    if resume is not None:
-        set_optimizer_state_dict(model, opt, optim_state_dict=resume[1].raw["optimizer"], options=full)
-        start_step = int(resume[1].step)
-        log.print(f"resumed from {resume[0]} at step {start_step}")
-
-    # ---------------------------------------------------------------- data
-    loader = Loader(
-        index,
-        cfg.res,
-        plan,
-        d.device,
-        start_step=start_step,
-        threads=cfg.threads or decode_threads(),
-        workers=cfg.loader_workers,
-        bad_log=run_dir / "bad_images.log",
-    )
-    batches = iter(loader)
-    gen = torch.Generator(d.device)
-    sample_labels = torch.tensor(
-        np.linspace(0, len(index.classes) - 1, SAMPLE_COLS).round().astype(np.int64), device=d.device
-    ).repeat(SAMPLE_ROWS)
-
-    def checkpoint(step: int) -> Path:
-        """Every rank calls this (FSDP gathers the full weights for rank 0); rank 0 writes."""
-        weights = {
-            "model": get_model_state_dict(model, options=full),
-            "ema1": get_model_state_dict(ema1.module, options=full),
-            "ema2": get_model_state_dict(ema2.module, options=full),
-        }
-        optimizer = get_optimizer_state_dict(model, opt, options=full)
-        path = rundir.checkpoint_path(run_dir, step)
+    def __init__(self, cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
+        self.cfg, self.d = cfg, d
+        self.run_dir = Path(cfg.out)
+        if d.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            index = open_index(cfg, self.run_dir)
+        if d.world > 1:
+            dist.barrier()  # rank 0 has written the index cache (and the built-in dataset): the others read them
         if not d.main:
-            return path
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "config": model.config,
-            "name": s.model_name or (base.name if base else None),
-            "flow": {
-                "noise_scale": flow.noise_scale,
-                "P_mean": flow.P_mean,
-                "P_std": flow.P_std,
-                "t_eps": flow.t_eps,
-                "label_drop": flow.label_drop,
-                "pred": flow.pred,
-                "loss_space": flow.loss_space,
-            },
-            **weights,
-            "class_names": index.classes,
+            index = open_index(cfg, self.run_dir)
+        self.index: ImageIndex = index
+        init = jitrs.load_checkpoint(cfg.init) if cfg.init and resume is None else None
+        self.base = resume[1] if resume else init
+        self.s = resolve(
+            cfg,
+            len(index),
+            len(index.classes),
+            d.world,
+            self.base.config if self.base else None,
+            self.base.noise_scale if self.base else None,
+        )
+        self.plan = Plan(len(index), cfg.batch_size, self.s.accum, d.world, d.rank, cfg.seed, cfg.flip)
+        cuda = d.device.type == "cuda"
+        if cuda:  # TF32 for what runs outside bf16 autocast, as DiT does
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.bf16 = cuda if cfg.bf16 is None else cfg.bf16
+        try:
+            self.flow = Flow(cfg.p_mean, cfg.p_std, self.s.noise_scale, cfg.t_eps, cfg.label_drop)
+        except ValueError as e:
+            raise UserError(f"--noise-scale/--p-std/--t-eps/--label-drop: {e}") from None
+        self._build_model(cuda)
+        self.start_step = int(resume[1].step) if resume else 0
+        self.log = RunLog(self.run_dir, self.start_step, self.s.total_steps, d.main)
+        if d.device.type == "cpu":
+            self.log.print("[yellow]warning:[/] training on the CPU; this is only practical for tiny models (--demo)")
+        if resume is not None:
+            set_optimizer_state_dict(
+                self.model, self.opt, optim_state_dict=resume[1].raw["optimizer"], options=self.full
+            )
+            self.log.print(f"resumed from {escape(str(resume[0]))} at step {self.start_step}")
+        self.loader = Loader(
+            index,
+            cfg.res,
+            self.plan,
+            d.device,
+            start_step=self.start_step,
+            threads=cfg.threads or decode_threads(),
+            workers=cfg.loader_workers,
+            bad_log=self.run_dir / "bad_images.log",
+        )
+        self.batches = iter(self.loader)
+        self.gen = torch.Generator(d.device)
+        spread = np.linspace(0, len(index.classes) - 1, min(GRID_CLASSES, len(index.classes))).round().astype(np.int64)
+        self.grid_classes = spread.tolist()
+        self.grid_labels = torch.tensor(spread, device=d.device).repeat_interleave(GRID_SEEDS)
+        self.judge = self._judge()
+        self.pending: list[torch.Tensor] = []  # per-step mean losses not yet read back (reading one syncs)
+        self.grad_norms: list[torch.Tensor] = []
+        self.last_loss = float("nan")
+        self.t_log, self.images_since = time.perf_counter(), 0
+        self.t_start = time.perf_counter()
+        self.last_ckpt: Path | None = resume[0] if resume else None
+        self.last_samples: Path | None = None
+        self.stopped = False
+        self.base_name = self.base.name if self.base else None
+        self.base = None  # as in train(): no reference to the loaded checkpoint outlives the setup
+
+    def _build_model(self, cuda: bool) -> None:
+        cfg, d, base = self.cfg, self.d, self.base
+        torch.manual_seed(cfg.seed)
+        try:
+            model = JiT(**self.s.model_config)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"--model-arg: cannot build the model ({e})") from None
+        if base is not None:
+            model.load_state_dict(base.weights["model"], strict=True)
+        model.to(d.device)
+        self.ema1, self.ema2 = EMA(model, cfg.ema1), EMA(model, cfg.ema2)
+        if base is not None:
+            for ema, key in ((self.ema1, "ema1"), (self.ema2, "ema2")):
+                if key in base.weights:
+                    ema.module.load_state_dict(base.weights[key], strict=True)
+        net: nn.Module = model
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        if cfg.fsdp:
+            # Each block, then the rest, sharded over all ranks; the EMAs the same way, so they cost 1/world each.
+            mesh = init_device_mesh(d.device.type, (d.world,))
+            for module in (model, self.ema1.module, self.ema2.module):
+                for block in module.blocks:
+                    fully_shard(block, mesh=mesh)
+                fully_shard(module, mesh=mesh)
+        elif d.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if cuda else None)
+            net = self.ddp
+        if cuda if cfg.compile is None else cfg.compile:
+            net = torch.compile(net)  # type: ignore[assignment]
+        self.model, self.net = model, net
+        self.params = list(model.parameters())
+        self.opt = torch.optim.AdamW(
+            param_groups(model, cfg.weight_decay), lr=self.s.peak_lr, betas=(0.9, 0.95), fused=cuda or None
+        )
+        # Optimiser state is saved and loaded whole, keyed by parameter name, whatever the sharding (DDP, FSDP).
+        self.full = StateDictOptions(full_state_dict=True, cpu_offload=cfg.fsdp)
+
+    def _judge(self) -> Any:
+        """The built-in quality classifier when training on a built-in dataset (rank 0), else None."""
+        name = builtin_name(self.cfg.data or "")
+        if name is None or not self.d.main or not (self.cfg.sample_every or self.cfg.quality_samples):
+            return None
+        from jitrs.quality import Judge
+
+        return Judge(name)
+
+    # ---------------------------------------------------------------- the loop
+    def loop(self) -> int:
+        """Train from the start step to the end or to a signal; returns the number of steps done."""
+        cfg, s = self.cfg, self.s
+        stop = StopFlag()
+        done = self.start_step
+        try:
+            for step in range(self.start_step, s.total_steps):
+                self.train_step(step)
+                done = step + 1
+                self.log.advance(done)
+                if done % cfg.log_every == 0 or done == s.total_steps:
+                    self.flush(done)
+                if self.should_stop(stop, done):
+                    break
+                if done % cfg.ckpt_every == 0 and done < s.total_steps:
+                    self.flush(done)
+                    self.last_ckpt = self.checkpoint(done)
+                if cfg.sample_every and done % cfg.sample_every == 0:
+                    self.last_samples = self.sample_grid(done)
+                    self.plot()
+            # the end, or a signal
+            self.flush(done)
+            self.stopped = done < s.total_steps
+            self.last_ckpt = self.checkpoint(done)
+            if cfg.sample_every and not self.stopped and done % cfg.sample_every:
+                self.last_samples = self.sample_grid(done)
+            self.plot()
+        finally:
+            stop.restore()
+        return done
+
+    def train_step(self, step: int) -> None:
+        """One optimiser step over the accumulation micro-batches; the loss stays on the device."""
+        cfg, s, d, flow = self.cfg, self.s, self.d, self.flow
+        lr = learning_rate(step, s.peak_lr, s.warmup_steps, s.total_steps, cfg.schedule, cfg.min_lr)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=d.device)
+        for a in range(s.accum):
+            batch = next(self.batches)
+            sub = self.plan.sub_batch(step, a)
+            torch.manual_seed(step_seed(cfg.seed, step, -1 - sub))  # dropout masks: per sub-batch, like the data
+            self.gen.manual_seed(step_seed(cfg.seed, step, sub))
+            t = flow.sample_t(batch.x.shape[0], device=d.device, generator=self.gen)
+            noise = torch.randn(batch.x.shape, device=d.device, generator=self.gen) * flow.noise_scale
+            y = flow.drop_labels(batch.y, self.model.num_classes, generator=self.gen)
+            last = a == s.accum - 1
+            sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
+            if cfg.fsdp:
+                self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+            with sync:
+                with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.bf16):  # forward and loss only
+                    loss = flow.loss(self.net, batch.x, y, t=t, noise=noise)
+                (loss / s.accum).backward()
+            step_loss += loss.detach()
+        if cfg.grad_clip > 0:
+            self.grad_norms.append(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema1.update(self.params)
+        self.ema2.update(self.params)
+        self.pending.append(step_loss / s.accum)
+        self.images_since += self.plan.global_batch
+
+    def should_stop(self, stop: StopFlag, done: int) -> bool:
+        """A signal was received (on any rank: under torchrun they agree at the next --log-every boundary)."""
+        if self.d.world == 1:
+            return stop.signal is not None
+        if done % self.cfg.log_every:
+            return False
+        flag = torch.tensor(float(stop.signal is not None), device=self.d.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
+
+    def flush(self, step: int) -> None:
+        """Read back the losses of the last steps, check them, log one row; raises DivergedError on NaN/inf."""
+        if not self.pending:
+            return
+        loss = torch.stack(self.pending).mean()
+        if self.d.world > 1:
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        value = float(loss)
+        self.pending.clear()
+        if not math.isfinite(value):
+            where = f"; the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else ""
+            raise DivergedError(f"the loss became {value} by step {step}; stopping without saving{where}")
+        now = time.perf_counter()
+        row: dict[str, Any] = {
             "step": step,
-            "epoch": step // plan.steps_per_epoch,
-            "position": step % plan.steps_per_epoch,
-            "optimizer": optimizer,
-            # All randomness derives from this seed and the step (module docstring): no generator state to keep.
-            "rng": {"seed": cfg.seed},
-            "train_config": cfg.to_dict(),
+            "epoch": step // self.plan.steps_per_epoch,
+            "loss": value,
+            "lr": self.opt.param_groups[0]["lr"],
+            "images_per_s": self.images_since / max(now - self.t_log, 1e-9),
+            "bad_images": len(self.loader.bad_files),
         }
+        if self.grad_norms:
+            row["grad_norm"] = float(torch.stack(self.grad_norms).mean())
+            self.grad_norms.clear()
+        self.last_loss = value
+        self.log.row(row)
+        self.t_log, self.images_since = now, 0
+
+    # ---------------------------------------------------------------- outputs
+    def checkpoint(self, step: int) -> Path:
+        """Every rank calls this (FSDP gathers the full weights for rank 0); rank 0 writes."""
+        full = self.full
+        model_state = get_model_state_dict(self.model, options=full)
+        ema1 = get_model_state_dict(self.ema1.module, options=full)
+        ema2 = get_model_state_dict(self.ema2.module, options=full)
+        optimizer = get_optimizer_state_dict(self.model, self.opt, options=full)
+        path = rundir.checkpoint_path(self.run_dir, step)
+        if not self.d.main:
+            return path
+        payload = checkpoint_payload(
+            self.model,
+            model_state=model_state,
+            name=self.s.model_name or self.base_name,
+            flow=self.flow.to_dict(),
+            ema1=ema1,
+            ema2=ema2,
+            class_names=self.index.classes,
+            step=step,
+            epoch=step // self.plan.steps_per_epoch,
+            position=step % self.plan.steps_per_epoch,
+            optimizer=optimizer,
+            # All randomness derives from this seed and the step (module docstring): no generator state to keep.
+            rng={"seed": self.cfg.seed},
+            train_config=self.cfg.to_dict(),
+        )
         jitrs.save_checkpoint(path, payload)
-        if cfg.keep_last:
-            for _, old in rundir.list_checkpoints(run_dir)[: -cfg.keep_last]:
+        if self.cfg.keep_last:
+            for _, old in rundir.list_checkpoints(self.run_dir)[: -self.cfg.keep_last]:
                 old.unlink(missing_ok=True)
         return path
 
-    def sample_grid(step: int) -> Path | None:
-        """A grid of EMA samples, written by rank 0; every rank samples under FSDP (the EMA is sharded)."""
+    def sample_grid(self, step: int) -> Path | None:
+        """A labelled grid of EMA samples (one row per class) written by rank 0, scored when the data is built in;
+        every rank samples under FSDP (the EMA is sharded)."""
+        cfg, d = self.cfg, self.d
         if not (d.main or cfg.fsdp):
             return None
-        samples_dir = run_dir / "samples"
-        if d.main:
-            samples_dir.mkdir(exist_ok=True)
         g = torch.Generator(d.device).manual_seed(cfg.seed)
-        shape = (sample_labels.shape[0], 3, cfg.res, cfg.res)
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            x = flow.sample(
-                ema1.module,
-                sample_labels,
+        shape = (self.grid_labels.shape[0], 3, cfg.res, cfg.res)
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            x = self.flow.sample(
+                self.ema1.module,
+                self.grid_labels,
                 steps=cfg.sample_steps,
                 cfg=cfg.sample_cfg,
                 interval=CFG_INTERVAL,
@@ -547,132 +512,79 @@ def _train(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
                 shape=shape,
             )
         if cfg.fsdp:
-            ema1.module.reshard()  # type: ignore[operator]  # FSDP leaves the root gathered after a forward
-        path = samples_dir / f"step-{step:07d}.png"
+            self.ema1.module.reshard()  # type: ignore[operator]  # FSDP leaves the root gathered after a forward
         if not d.main:
             return None
-        jitrs.write_pngs(image_grid(to_pixels(x).cpu().numpy(), SAMPLE_ROWS, SAMPLE_COLS)[None], [str(path)])
+        images = to_pixels(x).cpu().numpy()
+        title = f"step {step}: EMA {cfg.ema1} samples, Heun {cfg.sample_steps} steps, CFG {cfg.sample_cfg:g}"
+        if self.judge is not None:
+            score = self.judge.score(images, self.grid_labels.cpu().numpy())
+            self.log.quality_row({"step": step, **score.to_dict()})
+            title += f"\n{score.accuracy:.0%} recognised, FD {score.fd:.1f} (real {score.fd_real:.1f})"
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        path = self.run_dir / "samples" / f"step-{step:07d}.png"
+        names = [self.index.classes[c] for c in self.grid_classes]
+        write_labelled_grid(path, images, names, title)
         return path
 
-    # ---------------------------------------------------------------- loop
-    stop = StopFlag()
-    pending: list[torch.Tensor] = []  # per-step mean losses not yet read back (reading one syncs the device)
-    grad_norms: list[torch.Tensor] = []
-    last_loss = float("nan")
-    t_log, images_since = time.perf_counter(), 0
-    t_start, start = time.perf_counter(), start_step
-    step = start_step
-    last_ckpt: Path | None = resume[0] if resume else None
-    last_samples: Path | None = None
+    def plot(self) -> None:
+        if self.d.main:
+            plot_loss(self.log.rows(self.log.metrics), self.run_dir / "loss.png")
+            plot_quality(self.log.rows(self.log.quality), self.run_dir / "quality.png")
 
-    def flush(step: int) -> None:
-        """Read back the losses of the last steps, check them, log one row; raises DivergedError on NaN/inf."""
-        nonlocal t_log, images_since, last_loss
-        if not pending:
-            return
-        loss = torch.stack(pending).mean()
-        if d.world > 1:
-            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
-        value = float(loss)
-        pending.clear()
-        if not math.isfinite(value):
-            where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
-            raise DivergedError(f"the loss became {value} by step {step}; stopping without saving{where}")
-        now = time.perf_counter()
-        row = {
-            "step": step,
-            "epoch": step // plan.steps_per_epoch,
-            "loss": value,
-            "lr": opt.param_groups[0]["lr"],
-            "images_per_s": images_since / max(now - t_log, 1e-9),
-            "bad_images": len(loader.bad_files),
-        }
-        if grad_norms:
-            row["grad_norm"] = float(torch.stack(grad_norms).mean())
-            grad_norms.clear()
-        last_loss = value
-        log.row(row)
-        t_log, images_since = now, 0
+    def final_score(self, done: int) -> Any:
+        """On a built-in dataset with --quality-samples N: N class-balanced samples drawn by `jitrs sample` from the
+        final checkpoint (its documented guidance and steps) into RUN/eval, scored; None otherwise."""
+        if self.judge is None or not self.cfg.quality_samples or self.stopped or self.d.world > 1:
+            return None
+        from jitrs.sample import SampleOptions, sample
 
-    try:
-        for step in range(start_step, s.total_steps):
-            lr = learning_rate(step, s.peak_lr, s.warmup_steps, s.total_steps, cfg.schedule, cfg.min_lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(step_seed(cfg.seed, step, -1 - d.rank))  # dropout masks
-            step_loss = torch.zeros((), device=d.device)
-            for a in range(s.accum):
-                batch = next(batches)
-                gen.manual_seed(step_seed(cfg.seed, step, plan.sub_batch(step, a)))
-                t = flow.sample_t(batch.x.shape[0], device=d.device, generator=gen)
-                noise = torch.randn(batch.x.shape, device=d.device, generator=gen) * flow.noise_scale
-                y = flow.drop_labels(batch.y, model.num_classes, generator=gen)
-                last = a == s.accum - 1
-                sync = contextlib.nullcontext() if ddp is None or last else ddp.no_sync()
-                if cfg.fsdp:
-                    model.set_requires_gradient_sync(last)  # type: ignore[operator]
-                with sync, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    loss = flow.loss(net, batch.x, y, t=t, noise=noise)
-                    (loss / s.accum).backward()
-                step_loss += loss.detach()
-            if cfg.grad_clip > 0:
-                grad_norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema1.update(params)
-            ema2.update(params)
-            pending.append(step_loss / s.accum)
-            images_since += plan.global_batch
-            done = step + 1
-            if log.progress is not None:
-                log.progress.update(log.task, completed=done)
-            if done % cfg.log_every == 0 or done == s.total_steps:
-                flush(done)
-            if stop.signal is not None and d.world == 1:
-                break
-            if done % cfg.log_every == 0 and d.world > 1:
-                flag = torch.tensor(float(stop.signal is not None), device=d.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item() > 0:
-                    break
-            if done % cfg.ckpt_every == 0 and done < s.total_steps:
-                flush(done)
-                last_ckpt = checkpoint(done)
-            if cfg.sample_every and done % cfg.sample_every == 0:
-                last_samples = sample_grid(done)
-                if d.main:
-                    plot_loss(log.metrics, run_dir / "loss.png")
-        else:
-            step = s.total_steps - 1
-        # ------------------------------------------------------------ the end (or a signal)
-        done = step + 1
-        flush(done)
-        stopped = done < s.total_steps
-        last_ckpt = checkpoint(done)
-        if cfg.sample_every and not stopped:
-            last_samples = sample_grid(done)
-        if d.main:
-            plot_loss(log.metrics, run_dir / "loss.png")
-    finally:
-        stop.restore()
-        loader.close()
-        log.close()
-
-    # ---------------------------------------------------------------- summary
-    elapsed = time.perf_counter() - t_start
-    images = (done - start) * plan.global_batch
-    if stopped:
-        log.print(f"stopped by signal at step {done}/{s.total_steps}; continue with --resume {run_dir}")
-    log.print(
-        f"[bold]trained[/] steps {start}→{done} (epoch {done / plan.steps_per_epoch:.2f}), {images:,} images in "
-        f"{elapsed:.0f} s ({images / max(elapsed, 1e-9):.0f} img/s), final loss {last_loss:.4f}"
-    )
-    log.print(f"checkpoint:  {last_ckpt}")
-    if last_samples is not None:
-        log.print(f"samples:     {last_samples}")
-    log.print(f"loss curve:  {run_dir / 'loss.png'}")
-    log.print(f"metrics:     {log.metrics}  (TensorBoard: tensorboard --logdir {run_dir / 'tb'})")
-    if loader.bad_files:
-        log.print(
-            f"[yellow]{len(loader.bad_files)} unreadable image(s) skipped[/], listed in {run_dir / 'bad_images.log'}"
+        assert self.last_ckpt is not None
+        self.log.print(f"scoring {self.cfg.quality_samples} samples of the final checkpoint ...")
+        opt = SampleOptions(
+            ckpt=self.last_ckpt,
+            out=self.run_dir / "eval",
+            n=self.cfg.quality_samples,
+            format="npz",
+            device=self.cfg.device,
         )
+        npz = sample(opt, console=self.log.console)
+        assert npz is not None
+        with np.load(npz) as f:
+            score = self.judge.score(f["arr_0"], f["arr_1"])
+
+        atomic_write_text(self.run_dir / "quality.json", json.dumps({"samples": str(npz), **score.to_dict()}, indent=2))
+        return score
+
+    def close(self) -> None:
+        self.loader.close()
+        self.log.close()
+
+    def summary(self, done: int, score: Any) -> None:
+        log, run_dir, plan = self.log, self.run_dir, self.plan
+        elapsed = time.perf_counter() - self.t_start
+        images = (done - self.start_step) * plan.global_batch
+        if self.stopped:
+            log.print(
+                f"stopped by signal at step {done}/{self.s.total_steps}; continue with --resume {escape(str(run_dir))}"
+            )
+        log.print(
+            f"[bold]trained[/] steps {self.start_step}→{done} (epoch {done / plan.steps_per_epoch:.2f}), {images:,} "
+            f"images in {elapsed:.0f} s ({images / max(elapsed, 1e-9):.0f} img/s), final loss {self.last_loss:.4f}"
+        )
+        log.print(f"checkpoint:  {escape(str(self.last_ckpt))}")
+        if self.last_samples is not None:
+            log.print(f"samples:     {escape(str(self.last_samples))}")
+        log.print(f"loss curve:  {escape(str(run_dir / 'loss.png'))}")
+        if self.judge is not None and (run_dir / "quality.png").exists():
+            log.print(f"quality:     {escape(str(run_dir / 'quality.png'))}")
+        tb = escape(str(run_dir / "tb"))
+        log.print(f"metrics:     {escape(str(log.metrics))}  (TensorBoard: tensorboard --logdir {tb})")
+        if self.loader.bad_files:
+            log.print(
+                f"[yellow]{len(self.loader.bad_files)} unreadable image(s) skipped[/], listed in "
+                f"{escape(str(run_dir / 'bad_images.log'))}"
+            )
+        if score is not None:
+            where = escape(str(run_dir / "quality.json"))
+            log.print(f"[bold]quality[/] of {score.images} samples ({where}): {score.summary()}")

@@ -1,0 +1,60 @@
+"""Atomic file writes, the one durability policy of jitrs: write a temporary file in the target's directory,
+fsync it, rename it over the target, fsync the directory. A reader sees the old file or the new one, never a
+torn one, and a crash leaves at most a hidden `.NAME.*.tmp` file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# mkstemp creates files 0600; outputs get the mode any other file of the user gets. Read once, at import, as
+# reading the umask means setting it (process-wide) for a moment.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems do not open directories; the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for the caller to write; on success it replaces `path` durably.
+
+    The temporary name ends in .tmp: writers that pick a format by extension must be told the format.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())

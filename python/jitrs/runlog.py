@@ -1,0 +1,145 @@
+"""What a training run shows and records (rank 0 only): metrics.jsonl, TensorBoard, the progress bar (plain
+lines when the output is not a terminal), and the plots of the loss and of the quality score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from jitrs.atomic import atomic_path, atomic_write_text
+
+
+class RunLog:
+    """Rank 0's view of a run; every method is a no-op on the other ranks."""
+
+    def __init__(self, run_dir: Path, start_step: int, total: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.console = Console(stderr=True)
+        self.metrics = run_dir / "metrics.jsonl"
+        self.quality = run_dir / "quality.jsonl"  # the built-in quality score of each sample grid
+        self.progress: Progress | None = None
+        self.writer: Any = None
+        if not enabled:
+            return
+        # A resumed run rewinds the logs to its checkpoint, so re-run steps are not logged twice.
+        for log in (self.metrics, self.quality):
+            if log.exists():
+                kept = [line for line in log.read_text().splitlines() if _step(line) <= start_step]
+                atomic_write_text(log, "".join(line + "\n" for line in kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+        if self.console.is_terminal:
+            self.progress = Progress(
+                TextColumn("step {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.task = self.progress.add_task("train", total=total, completed=start_step, info="")
+            self.progress.start()
+
+    def print(self, msg: str) -> None:
+        """Print a line of rich markup; user-supplied text inside it must go through `escape` first."""
+        if self.enabled:
+            self.console.print(msg, highlight=False, soft_wrap=True)
+
+    def advance(self, step: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step)
+
+    def row(self, row: dict[str, Any]) -> None:
+        """Append a row to metrics.jsonl and TensorBoard, and update the bar (or print a line)."""
+        if not self.enabled:
+            return
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key in ("loss", "lr", "images_per_s", "grad_norm"):
+            if key in row:
+                self.writer.add_scalar(f"train/{key}", row[key], row["step"])
+        info = f"epoch {row['epoch']}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=row["step"], info=info)
+        else:
+            self.console.print(f"step {row['step']}  {info}", highlight=False)
+
+    def quality_row(self, row: dict[str, Any]) -> None:
+        """Append a quality score (jitrs.quality.Score fields and the step) to quality.jsonl and TensorBoard."""
+        if not self.enabled:
+            return
+        with open(self.quality, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key in ("accuracy", "fd"):
+            self.writer.add_scalar(f"quality/{key}", row[key], row["step"])
+
+    @staticmethod
+    def rows(log: Path) -> list[dict[str, Any]]:
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _step(line: str) -> int:
+    return int(json.loads(line).get("step", 0)) if line.strip() else 1 << 62
+
+
+def plot_loss(rows: list[dict[str, Any]], out: Path) -> None:
+    """The loss curve of a run (every row of metrics.jsonl that has a loss) as a PNG, written atomically."""
+    fig, ax = _figure()
+    ax.plot([r["step"] for r in rows if "loss" in r], [r["loss"] for r in rows if "loss" in r], lw=1)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss (v-space MSE)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    _save(fig, out)
+
+
+def plot_quality(rows: list[dict[str, Any]], out: Path) -> None:
+    """Recognised fraction and Fréchet distance of each sample grid over the run (rows of quality.jsonl), with the
+    real-digit and class-mean-blob yardsticks, as a PNG."""
+    scored = rows
+    if not scored:
+        return
+    fig, (acc, fd) = _figure(2)
+    steps = [r["step"] for r in scored]
+    acc.plot(steps, [100 * r["accuracy"] for r in scored], "o-", lw=1, label="samples")
+    acc.axhline(100 * scored[-1]["classifier_accuracy"], color="g", ls="--", lw=1, label="real digits")
+    acc.set_ylabel("recognised as their class (%)")
+    acc.set_ylim(0, 100)
+    fd.plot(steps, [r["fd"] for r in scored], "o-", lw=1, label="samples")
+    fd.axhline(scored[-1]["fd_real"], color="g", ls="--", lw=1, label="real digits")
+    fd.axhline(scored[-1]["fd_blobs"], color="r", ls=":", lw=1, label="class-mean blobs")
+    fd.set_ylabel("Fréchet distance (classifier features)")
+    fd.set_yscale("log")
+    for ax in (acc, fd):
+        ax.set_xlabel("optimiser step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, out)
+
+
+def _figure(panels: int = 1) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7 * panels, 4), dpi=100)
+    return fig, fig.subplots(1, panels)
+
+
+def _save(fig: Any, out: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")

@@ -1,0 +1,186 @@
+"""What a training run depends on: `TrainConfig` (saved into every checkpoint), its validation, the `--demo`
+preset and the layering of config files and flags. The CLI (jitrs.train_cli) only maps flags onto it; the job
+(jitrs.train) only reads it.
+
+Precedence: flags given on the command line > the --config file (TOML or YAML, keys are option names with
+dashes or underscores) > the --demo preset > the defaults below (the paper's recipe). `model_args` merge key by
+key across the layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jitrs.errors import UserError
+from jitrs.flow import LABEL_DROP, P_MEAN, P_STD, SAMPLE_STEPS, T_EPS
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved into every checkpoint as a plain dict."""
+
+    data: str | None = None  # DATA dir (ImageFolder layout) or builtin:mnist / builtin:digits
+    out: str = "runs/jit"
+    res: int = 256
+    model: str | None = None  # None: JiT-B/16 at 256 px, JiT-B/32 at 512 px (256 tokens)
+    model_args: dict[str, Any] = field(default_factory=dict)  # JiT constructor overrides (depth, hidden_size...)
+    batch_size: int = 128  # per process and micro-step
+    global_batch: int | None = None
+    accum: int | None = None
+    epochs: float = 600.0
+    steps: int | None = None
+    resume: str | None = None
+    init: str | None = None
+    blr: float = 5e-5
+    warmup_epochs: float = 5.0
+    schedule: str = "constant"
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    noise_scale: float | None = None  # None: 1.0 up to 256 px, res/256 above (2.0 at 512)
+    p_mean: float = P_MEAN
+    p_std: float = P_STD
+    t_eps: float = T_EPS
+    label_drop: float = LABEL_DROP
+    flip: bool = True  # random horizontal flips of the training images (p = 0.5)
+    ema1: float = 0.9999
+    ema2: float = 0.9996
+    seed: int = 0
+    ckpt_every: int = 5000
+    keep_last: int = 3
+    sample_every: int = 5000
+    sample_steps: int = SAMPLE_STEPS  # also what `jitrs sample` of this run uses by default
+    sample_cfg: float = 3.0  # likewise, unless the model is an official one with its own published scale
+    quality_samples: int = 0  # built-in datasets: score this many samples of the final checkpoint (0: off)
+    log_every: int = 100
+    compile: bool | None = None  # None: on for CUDA
+    bf16: bool | None = None  # None: on for CUDA
+    fsdp: bool = False
+    threads: int | None = None
+    loader_workers: int = 2
+    device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Reject impossible values with one sentence naming the option."""
+        positive = ("res", "batch_size", "ckpt_every", "log_every", "sample_steps", "loader_workers")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("global_batch", "accum", "steps", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.epochs <= 0 and self.steps is None:
+            raise UserError(f"--epochs must be positive, got {self.epochs}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        for name in ("ema1", "ema2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.blr <= 0 or self.warmup_epochs < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.keep_last < 0:
+            raise UserError("--blr must be positive and --warmup-epochs, --weight-decay, --grad-clip, --keep-last >= 0")
+        if self.quality_samples < 0:
+            raise UserError(f"--quality-samples must be >= 0, got {self.quality_samples}")
+        if self.data is None:
+            raise UserError("--data is required: an image folder (DATA/train/<class>/*.jpg) or builtin:mnist")
+
+
+# `--demo`: a small JiT on the built-in digits on a CPU in a few minutes. Short runs need a larger learning
+# rate and faster EMAs than the 600-epoch recipe.
+DEMO: dict[str, Any] = {
+    "data": "digits",
+    "res": 16,
+    "model": "JiT-S/4",
+    "model_args": {"depth": 4, "hidden_size": 128, "num_heads": 4, "in_context_len": 4, "in_context_start": 1},
+    "batch_size": 64,
+    "steps": 1000,
+    "blr": 4e-3,
+    "warmup_epochs": 2.0,
+    "ema1": 0.995,
+    "ema2": 0.99,
+    "ckpt_every": 500,
+    "sample_every": 250,
+    "sample_steps": 20,
+    "sample_cfg": 2.0,
+    "log_every": 10,
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Options from a TOML (.toml) or YAML (.yaml/.yml) file, keys normalised to field names."""
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file")
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise UserError(f"--config {path}: use a .toml, .yaml or .yml file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+
+            raw = tomllib.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+    except Exception as e:  # tomllib.TOMLDecodeError, yaml.YAMLError: any parse failure is the file's fault
+        raise UserError(f"--config {path}: cannot parse it ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--config {path}: expected a table of options at the top level")
+    options = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(set(options) - set(_FIELDS) - {"config", "demo"})
+    if unknown:
+        raise UserError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+    options.pop("config", None)
+    return options
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """["depth=4", "proj_drop=0.1"] -> {"depth": 4, "proj_drop": 0.1} (values parsed as JSON when they can be)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. depth=4")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def build_config(
+    explicit: dict[str, Any], file_options: dict[str, Any], demo: bool, defaults: dict[str, Any]
+) -> TrainConfig:
+    """Merge the layers (see the module docstring). `explicit` holds only the flags given on the command line."""
+    file_options = dict(file_options)
+    file_demo = file_options.pop("demo", False)
+    if not isinstance(file_demo, bool):
+        raise UserError(f"demo = {file_demo!r} in the config file: use true or false")
+    layers = [DEMO] if demo or file_demo else []
+    merged = dict(defaults)
+    for layer in [*layers, file_options, explicit]:
+        model_args = {**merged.get("model_args", {}), **layer.get("model_args", {})}
+        merged.update(layer)
+        merged["model_args"] = model_args
+    return TrainConfig(**merged)
+
+
+def resumed_defaults(resume: str, saved: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """The defaults of a resumed run: the run's own saved options, writing on into the checkpoint's directory."""
+    defaults = {k: v for k, v in saved.items() if k in _FIELDS}
+    defaults.update(resume=resume, out=str(checkpoint.parent))
+    return defaults
