@@ -7,6 +7,11 @@ from pathlib import Path
 import matplotlib
 import pytest
 import sklearn
+import torch
+
+# As jitrs does wherever it computes on a CPU (jitrs.device): denormals are slow on x86 and JiT's zero-initialised
+# layers produce them early in training.
+torch.set_flush_denormal(True)
 
 _SKLEARN_IMAGES = Path(sklearn.__file__).parent / "datasets" / "images"
 

@@ -148,7 +148,6 @@ def test_a_set_against_itself(
     assert same["precision"] == 1.0 and same["recall"] == 1.0
     assert china_vs_flower["images"] == COUNT
     assert china_vs_flower["fid"] > 1e3 * max(abs(same["fid"]), 1e-6)
-    assert china_vs_flower["inception_score"] >= 1.0
 
 
 def test_identical_images_have_inception_score_one(weights: Path, flower_stats: Path, tmp_path: Path) -> None:

@@ -305,8 +305,6 @@ def test_unpatchify_layout_is_row_col_channel_inside_a_patch() -> None:
 
 
 def test_unpatchify_inverts_jitrs_patchify() -> None:
-    if not hasattr(jitrs, "patchify"):
-        pytest.skip("jitrs.patchify (the Rust patch layout) is not merged on this branch yet")
     model = JiT(**TINY)
     image = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)  # (H, W, C)
     tokens = np.asarray(jitrs.patchify(image, 4, channels_last=True))  # (N, p*p*C)

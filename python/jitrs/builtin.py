@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jitrs.atomic import DIR_MODE
 from jitrs.errors import UserError
 
 PREFIX = "builtin:"
@@ -133,6 +134,7 @@ def builtin_dataset(name: str, cache_dir: Path | None = None) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{name}-"))
     try:
+        os.chmod(tmp, DIR_MODE)  # mkdtemp makes it private; the set is as readable as any folder the user makes
         for c in np.unique(labels):
             (tmp / "train" / str(c)).mkdir(parents=True)
         paths = [str(tmp / "train" / str(y) / f"{i:04d}.png") for i, y in enumerate(labels)]

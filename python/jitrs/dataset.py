@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from jitrs.atomic import atomic_write_text
 from jitrs.errors import UserError
 
 # What jitrs.load_batch decodes; everything else in a class folder is ignored.
@@ -118,10 +118,7 @@ def _write_cache(cache: Path, index: ImageIndex, counts: list[int], dirs: dict[s
         "dirs": dirs,
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(payload))  # one C-encoded string: json.dump streams through the slow Python encoder
-    os.replace(tmp, cache)
+    atomic_write_text(cache, json.dumps(payload))  # one C-encoded string: json.dump goes through the slow encoder
 
 
 def _read_cache(cache: Path, root: Path) -> ImageIndex | None:

@@ -22,6 +22,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 
 import jitrs
 from jitrs import adm_npz
+from jitrs.atomic import atomic_path
 from jitrs.device import pick_device
 from jitrs.errors import UserError
 
@@ -158,10 +159,8 @@ def load_stats(path: Path, option: str = "--ref") -> Stats | None:
 
 
 def save_stats(path: Path, stats: Stats, count: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(count))
-    os.replace(tmp, path)
 
 
 def frechet_distance(a: Stats, b: Stats) -> float:

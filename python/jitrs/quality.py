@@ -25,7 +25,7 @@ from jitrs.builtin import BUILTINS, builtin_dataset
 from jitrs.errors import UserError
 
 CLASSIFIER_FILE = "classifier.safetensors"
-CLASSIFIER_VERSION = 1
+CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached ones are retrained
 HELD_OUT = 0.2  # the last fifth of each class is held out
 EPOCHS, BATCH, LR, SEED = 12, 32, 3e-3, 0
 FEATURES = 128

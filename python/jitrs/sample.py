@@ -28,6 +28,7 @@ from rich.text import Text
 
 import jitrs
 from jitrs import adm_npz
+from jitrs.atomic import atomic_path, atomic_write_text
 from jitrs.device import setup_distributed
 from jitrs.errors import UserError
 from jitrs.flow import SAMPLE_STEPS, Flow
@@ -185,12 +186,8 @@ class SampleStore:
         if self.npz:
             self.parts.mkdir(exist_ok=True)
             final = self.parts / f"{indices[0]:06d}-{len(indices)}-{os.getpid()}.npz"
-            tmp = final.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
+            with atomic_path(final) as tmp, open(tmp, "wb") as f:
                 np.savez(f, index=np.asarray(indices, dtype=np.int64), images=images)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
 
     def finish(self) -> None:
         """Merge the npz parts into one npz (arr_0 uint8 (N, H, W, 3) + labels) and write the preview grid."""
@@ -327,9 +324,7 @@ def _check_manifest(out: Path, settings: Settings) -> None:
 
 def _write_manifest(out: Path, settings: Settings) -> None:
     path = out / MANIFEST
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"digest": settings.digest(), "settings": asdict(settings)}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"digest": settings.digest(), "settings": asdict(settings)}, indent=2) + "\n")
 
 
 def _barrier(world: int) -> None:

@@ -387,6 +387,7 @@ class Run:
             self.plot()
         finally:
             stop.restore()
+        self.t_end = time.perf_counter()
         return done
 
     def train_step(self, step: int) -> None:
@@ -562,7 +563,7 @@ class Run:
 
     def summary(self, done: int, score: Any) -> None:
         log, run_dir, plan = self.log, self.run_dir, self.plan
-        elapsed = time.perf_counter() - self.t_start
+        elapsed = self.t_end - self.t_start  # the training, not the final scoring
         images = (done - self.start_step) * plan.global_batch
         if self.stopped:
             log.print(
