@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup demo test test-python test-rust lint bench bench-gpu
+.PHONY: help setup demo test test-python test-rust lint bench bench-demo bench-gpu
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -11,7 +11,7 @@ help: ## list the targets
 setup: ## create .venv and build jitrs into it (release)
 	@scripts/setup.sh
 
-demo: setup ## train a small JiT on the built-in dataset (CPU is fine), then sample from it
+demo: setup ## train a small JiT on builtin:mnist on the CPU (~10 min) and score its samples
 	$(PY) -m jitrs train --demo --out runs/demo
 
 test: setup lint test-rust test-python ## the whole test suite: lint, cargo test, pytest
@@ -30,6 +30,9 @@ lint: ## ruff + rustfmt + clippy, warnings are errors
 
 bench: setup ## CPU benchmarks (load_batch, patchify, PNG, model) side by side with their baselines
 	$(PY) benches/run_all.py
+
+bench-demo: setup ## the README's first command from a clean cache, timed, with its quality figures (~10 min)
+	$(PY) benches/bench_demo.py
 
 bench-gpu: setup ## the GPU benchmark (model train/sample, end-to-end sampling) on a CUDA device
 	$(PY) benches/bench_gpu.py

@@ -18,6 +18,7 @@ BENCHES = [
     "bench_loader.py",
     "bench_model.py",
     "bench_sample.py",
+    "bench_denormals.py",
 ]
 
 
