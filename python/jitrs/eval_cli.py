@@ -83,15 +83,11 @@ def eval_command(
     if builtin is not None:
         from jitrs.quality import Judge, read_samples
 
-        images, labels = read_samples(samples)
-        score = Judge(builtin).score(images, labels)
+        score = Judge(builtin).score(*read_samples(samples))
         Console().print(escape(f"builtin:{builtin} quality: {score.summary()}"), highlight=False)
         results = {k: float(v) for k, v in score.to_dict().items()}
-        print_results(results)
-        if json_out is not None:
-            json_out.write_text(json.dumps(results, indent=2) + "\n")
-        return
-    results = metrics.evaluate(samples, ref, inception_weights, precision_recall, batch_size, device)
+    else:
+        results = metrics.evaluate(samples, ref, inception_weights, precision_recall, batch_size, device)
     print_results(results)
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=2) + "\n")

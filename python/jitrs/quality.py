@@ -23,6 +23,7 @@ from torch import nn
 
 from jitrs.builtin import BUILTINS, builtin_dataset
 from jitrs.errors import UserError
+from jitrs.metrics import Stats, features_to_stats, frechet_distance
 
 CLASSIFIER_FILE = "classifier.safetensors"
 CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: cached ones are retrained
@@ -134,18 +135,9 @@ def _features(net: DigitNet, x: torch.Tensor, batch: int = 500) -> tuple[torch.T
     return torch.cat(feats), torch.cat(preds)
 
 
-def _stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    f = features.numpy()
-    return f.mean(axis=0), np.cov(f, rowvar=False)
-
-
-def frechet(features: torch.Tensor, mu: np.ndarray, sigma: np.ndarray) -> float:
-    """FD between the Gaussian fitted to `features` and (mu, sigma), by torch-fidelity's formula."""
-    from jitrs.metrics import Stats, frechet_distance
-
-    if len(features) < 2:
-        raise UserError("the quality score needs at least 2 images")
-    return float(frechet_distance(Stats(*_stats(features)), Stats(mu, sigma)))
+def frechet(features: torch.Tensor, stats: Stats) -> float:
+    """FD between the Gaussian fitted to `features` and `stats`, by torch-fidelity's formulas (jitrs.metrics)."""
+    return float(frechet_distance(features_to_stats(features), stats))
 
 
 class Judge:
@@ -163,7 +155,7 @@ class Judge:
         path = builtin_dataset(name, cache_dir) / CLASSIFIER_FILE
         self.net = self._load(path) or self._train_and_save(path, x[train_idx], y[train_idx])
         train_feats, _ = _features(self.net, x[train_idx])
-        self.mu, self.sigma = _stats(train_feats)
+        self.train_stats = features_to_stats(train_feats)
         self.held_x, self.held_y = x[held_idx], y[held_idx]
         self.held_feats, held_pred = _features(self.net, self.held_x)
         self.classifier_accuracy = float((held_pred == self.held_y).double().mean())
@@ -207,9 +199,9 @@ class Judge:
         return Score(
             images=len(images),
             accuracy=float((pred == y).double().mean()),
-            fd=frechet(feats, self.mu, self.sigma),
-            fd_real=frechet(self.held_feats[real], self.mu, self.sigma),
-            fd_blobs=frechet(blob_feats, self.mu, self.sigma),
+            fd=frechet(feats, self.train_stats),
+            fd_real=frechet(self.held_feats[real], self.train_stats),
+            fd_blobs=frechet(blob_feats, self.train_stats),
             accuracy_blobs=float((blob_pred == y).double().mean()),
             classifier_accuracy=self.classifier_accuracy,
         )

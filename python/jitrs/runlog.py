@@ -108,18 +108,17 @@ def plot_loss(rows: list[dict[str, Any]], out: Path) -> None:
 def plot_quality(rows: list[dict[str, Any]], out: Path) -> None:
     """Recognised fraction and Fréchet distance of each sample grid over the run (rows of quality.jsonl), with the
     real-digit and class-mean-blob yardsticks, as a PNG."""
-    scored = rows
-    if not scored:
+    if not rows:
         return
     fig, (acc, fd) = _figure(2)
-    steps = [r["step"] for r in scored]
-    acc.plot(steps, [100 * r["accuracy"] for r in scored], "o-", lw=1, label="samples")
-    acc.axhline(100 * scored[-1]["classifier_accuracy"], color="g", ls="--", lw=1, label="real digits")
+    steps = [r["step"] for r in rows]
+    acc.plot(steps, [100 * r["accuracy"] for r in rows], "o-", lw=1, label="samples")
+    acc.axhline(100 * rows[-1]["classifier_accuracy"], color="g", ls="--", lw=1, label="real digits")
     acc.set_ylabel("recognised as their class (%)")
     acc.set_ylim(0, 100)
-    fd.plot(steps, [r["fd"] for r in scored], "o-", lw=1, label="samples")
-    fd.axhline(scored[-1]["fd_real"], color="g", ls="--", lw=1, label="real digits")
-    fd.axhline(scored[-1]["fd_blobs"], color="r", ls=":", lw=1, label="class-mean blobs")
+    fd.plot(steps, [r["fd"] for r in rows], "o-", lw=1, label="samples")
+    fd.axhline(rows[-1]["fd_real"], color="g", ls="--", lw=1, label="real digits")
+    fd.axhline(rows[-1]["fd_blobs"], color="r", ls=":", lw=1, label="class-mean blobs")
     fd.set_ylabel("Fréchet distance (classifier features)")
     fd.set_yscale("log")
     for ax in (acc, fd):
