@@ -16,7 +16,7 @@ import jitrs
 from jitrs.errors import UserError
 
 # JiT-S/4 at 32 px: small enough to write three weight sets per test.
-SMALL = {**jitrs.JiT_models["JiT-S/4"], "num_classes": 10}
+SMALL = {**jitrs.JiT_models["JiT-S/4"].to_dict(), "num_classes": 10}
 
 
 def official_args(**overrides: object) -> argparse.Namespace:

@@ -77,8 +77,12 @@ def only_text(root: Path) -> Path:
     ],
 )
 def test_bad_data_dirs(tmp_path: Path, make, message: str) -> None:
-    with pytest.raises(UserError, match=message):
-        build_index(make(tmp_path))
+    data = make(tmp_path)
+    with pytest.raises(UserError, match=message) as caught:
+        build_index(data)
+    # The library names its parameter; the CLI writes it as the flag of the same name.
+    assert str(caught.value).startswith(f"data={data}: ")
+    assert caught.value.for_cli().startswith(f"--data {data}: ")
 
 
 def test_cache_is_used_while_fresh_and_rebuilt_when_a_folder_changes(folder: Path, tmp_path: Path) -> None:

@@ -75,13 +75,13 @@ def test_g_configs_have_about_two_billion_parameters(name: str) -> None:
     with torch.device("meta"):
         model = JiT.from_name(name)
     assert 1.95e9 < sum(p.numel() for p in model.parameters()) < 2.05e9
-    assert model.depth == 40 and model.hidden_size == 1664 and model.num_heads == 16
+    assert model.arch.depth == 40 and model.arch.hidden_size == 1664 and model.arch.num_heads == 16
     assert (model.input_size // model.patch_size) ** 2 == 256
 
 
 def test_every_named_config_has_256_tokens_except_the_small_one() -> None:
     for name, cfg in JiT_models.items():
-        tokens = (cfg["input_size"] // cfg["patch_size"]) ** 2
+        tokens = (cfg.input_size // cfg.patch_size) ** 2
         assert tokens == (64 if name == "JiT-S/4" else 256), name
 
 

@@ -18,6 +18,6 @@ def test_newest_checkpoint_of_a_run_dir_is_the_highest_step(tmp_path: Path):
 
 def test_missing_and_empty_are_one_clear_error(tmp_path: Path):
     with pytest.raises(UserError, match="no checkpoint"):
-        resolve_checkpoint(tmp_path, "--resume")
+        resolve_checkpoint(tmp_path, "resume")
     with pytest.raises(UserError, match="no such file"):
         resolve_checkpoint(tmp_path / "nope.pt")

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from jitrs.atomic import atomic_path
 from jitrs.errors import UserError
-from jitrs.model import CONFIG_KEYS, JiT, JiT_models
+from jitrs.model import JiT, JiT_models, JiTConfig
 
 FORMAT_VERSION = 1
 WEIGHT_KINDS = ("model", "ema1", "ema2")
@@ -219,7 +219,7 @@ def _from_official(path: Path, obj: dict[str, Any]) -> Checkpoint:
     if args.model not in JiT_models:
         raise UserError(f"{path}: unknown model {args.model!r} in its args (known: {', '.join(JiT_models)})")
     config = {
-        **JiT_models[args.model],
+        **JiT_models[args.model].to_dict(),
         "input_size": int(args.img_size),
         "num_classes": int(args.class_num),
         "attn_drop": float(getattr(args, "attn_dropout", 0.0)),
@@ -318,14 +318,13 @@ def _strip_prefix(path: Path, what: str, sd: Any) -> StateDict:
 
 
 def _full_config(config: dict[str, Any]) -> dict[str, Any]:
-    with torch.device("meta"):
-        return JiT(**config).config
+    return JiTConfig(**config).to_dict()
 
 
 def _check_config(path: Path, config: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise UserError(f"{path}: its model config is a {type(config).__name__}, not a dict")
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    unknown = sorted(set(config) - set(JiTConfig.keys()))
     if unknown:
         raise UserError(f"{path}: unknown model config keys {', '.join(unknown)}")
     try:

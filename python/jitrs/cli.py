@@ -36,7 +36,7 @@ def main() -> None:
         # standalone_mode=False: click hands usage errors to us instead of drawing its multi-line box.
         result = app(standalone_mode=False)
     except UserError as e:
-        _fail(str(e), 2)
+        _fail(e.for_cli(), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as e:

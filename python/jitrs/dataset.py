@@ -41,9 +41,9 @@ class ImageIndex:
 def image_root(data_dir: Path) -> Path:
     """DATA/train when it exists, else DATA itself; UserError when DATA is missing or not a directory."""
     if not data_dir.exists():
-        raise UserError(f"--data {data_dir}: no such directory")
+        raise UserError("no such directory", param="data", value=data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"--data {data_dir}: not a directory")
+        raise UserError("not a directory", param="data", value=data_dir)
     train = data_dir / "train"
     return train if train.is_dir() else data_dir
 
@@ -91,12 +91,16 @@ def build_index(data_dir: str | Path, cache: Path | None = None, threads: int | 
             return index
     classes = _class_dirs(root)
     if not classes:
-        raise UserError(f"--data {data_dir}: no class sub-directories in {root} (expected {root}/<class>/<images>)")
+        raise UserError(
+            f"no class sub-directories in {root} (expected {root}/<class>/<images>)", param="data", value=data_dir
+        )
     with ThreadPoolExecutor(max_workers=threads or min(32, (os.cpu_count() or 1) + 4)) as pool:
         scans = list(pool.map(_scan_class, [os.path.join(root, c) for c in classes]))
     paths = [p for files, _ in scans for p in files]
     if not paths:
-        raise UserError(f"--data {data_dir}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        raise UserError(
+            f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}", param="data", value=data_dir
+        )
     labels = np.concatenate([np.full(len(files), i, dtype=np.int64) for i, (files, _) in enumerate(scans)])
     index = ImageIndex(root, classes, paths, labels)
     if cache is not None:

@@ -30,7 +30,7 @@ class Dist:
         return self.rank == 0
 
 
-def pick_device(device: str | None, option: str = "--device") -> torch.device:
+def pick_device(device: str | None, param: str = "device") -> torch.device:
     """The device asked for (default: this process's CUDA device when there is one, else the CPU), made ready:
     `torch.cuda.set_device` for CUDA, so streams and events default to it; denormals flushed on the CPU."""
     if device is None:
@@ -39,10 +39,10 @@ def pick_device(device: str | None, option: str = "--device") -> torch.device:
         try:
             want = torch.device(device)
         except RuntimeError:
-            raise UserError(f"{option} {device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+            raise UserError("not a torch device (e.g. cpu, cuda, cuda:1)", param=param, value=device) from None
     if want.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"{option} {device}: CUDA is not available on this machine")
+            raise UserError("CUDA is not available on this machine", param=param, value=device)
         if want.index is None:
             want = torch.device("cuda", local_rank())
         torch.cuda.set_device(want)

@@ -118,8 +118,9 @@ class Loader:
             raise ValueError(f"plan is for {plan.num_images} images, the index holds {len(index)}")
         if plan.steps_per_epoch < 1:
             raise UserError(
-                f"--batch-size: a global batch of {plan.global_batch} images is larger than the dataset "
-                f"({len(index)} images in {index.root})"
+                f"a global batch of {plan.global_batch} images is larger than the dataset "
+                f"({len(index)} images in {index.root})",
+                param="batch_size",
             )
         self.index, self.size, self.plan, self.device = index, size, plan, device
         self.threads, self.bad_log = threads, bad_log
@@ -212,8 +213,8 @@ class Loader:
                 self._report(self._paths[ids[i]], reason)
             if not good:
                 raise UserError(
-                    f"--data: every image of a batch failed to decode (e.g. {self._paths[ids[errors[0][0]]]}: "
-                    f"{errors[0][1]})"
+                    f"every image of a batch failed to decode (e.g. {self._paths[ids[errors[0][0]]]}: {errors[0][1]})",
+                    param="data",
                 )
             for k, i in enumerate(sorted(bad)):
                 j = good[k % len(good)]

@@ -49,17 +49,18 @@ class Stats:
 
 
 # ---------------------------------------------------------------------------------------------- Inception
-def inception_weights_path(option: str | Path | None) -> Path:
-    """The weights file from --inception-weights or $JITRS_INCEPTION_WEIGHTS; UserError naming what is needed."""
-    given = option if option is not None else os.environ.get(WEIGHTS_ENV)
+def inception_weights_path(inception_weights: str | Path | None) -> Path:
+    """The weights file given, else $JITRS_INCEPTION_WEIGHTS; UserError naming what is needed."""
+    given = inception_weights if inception_weights is not None else os.environ.get(WEIGHTS_ENV)
     if not given:
         raise UserError(
             f"FID/IS need the Inception weights file {WEIGHTS_FILE} (published at {URL_INCEPTION_V3}): "
-            f"download it once and pass --inception-weights PATH or set {WEIGHTS_ENV}"
+            f"download it once and pass it here or set {WEIGHTS_ENV}",
+            param="inception_weights",
         )
     path = Path(given)
     if not path.is_file():
-        raise UserError(f"--inception-weights {path}: no such file (expected {WEIGHTS_FILE})")
+        raise UserError(f"no such file (expected {WEIGHTS_FILE})", param="inception_weights", value=path)
     return path
 
 
@@ -69,15 +70,19 @@ def load_inception(weights: Path, device: torch.device | str = "cpu") -> Feature
         # Read once with weights_only so a bad or hostile file is refused before torch-fidelity unpickles it.
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"--inception-weights {weights}: not a PyTorch weights file ({e.__class__.__name__})") from None
+        raise UserError(
+            f"not a PyTorch weights file ({e.__class__.__name__})", param="inception_weights", value=weights
+        ) from None
     if not isinstance(state, dict) or "fc.weight" not in state:
-        raise UserError(f"--inception-weights {weights}: not the Inception state dict {WEIGHTS_FILE}")
+        raise UserError(f"not the Inception state dict {WEIGHTS_FILE}", param="inception_weights", value=weights)
     try:
         net = FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(weights)
         )
     except RuntimeError as e:
-        raise UserError(f"--inception-weights {weights}: does not fit torch-fidelity's InceptionV3 ({e})") from None
+        raise UserError(
+            f"does not fit torch-fidelity's InceptionV3 ({e})", param="inception_weights", value=weights
+        ) from None
     return net.to(device)
 
 
@@ -113,23 +118,23 @@ def folder_batches(files: list[Path], size: int, batch: int) -> Iterator[np.ndar
             raise UserError(str(e)) from None  # it names the file; a skipped image would bias the statistics
 
 
-def image_source(path: Path, option: str, size: int | None, batch: int) -> tuple[Iterator[np.ndarray], int]:
+def image_source(path: Path, param: str, size: int | None, batch: int) -> tuple[Iterator[np.ndarray], int]:
     """Batches of images from a sample folder or an npz with arr_0, and their size (H = W)."""
     if path.is_dir():
         files = image_files(path, recursive=False)
         if not files:
-            raise UserError(f"{option} {path}: the folder holds no images")
+            raise UserError("the folder holds no images", param=param, value=path)
         if size is None:
             h, w, _ = jitrs.decode(str(files[0])).shape
             size = min(h, w)
         return folder_batches(files, size, batch), size
     if not path.exists():
-        raise UserError(f"{option} {path}: no such file or directory")
+        raise UserError("no such file or directory", param=param, value=path)
     if "arr_0" not in adm_npz.keys(path):
-        raise UserError(f"{option} {path}: the npz holds no images (arr_0)")
+        raise UserError("the npz holds no images (arr_0)", param=param, value=path)
     _, h, w, _ = adm_npz.image_shape(path)
     if size is not None and (h, w) != (size, size):
-        raise UserError(f"{option} {path}: images are {h}x{w}, expected {size}x{size}")
+        raise UserError(f"images are {h}x{w}, expected {size}x{size}", param=param, value=path)
     return adm_npz.read_images(path, batch), h
 
 
@@ -141,19 +146,21 @@ def features_to_stats(features: torch.Tensor) -> Stats:
     return Stats(s["mu"].astype(np.float64), s["sigma"].astype(np.float64))
 
 
-def load_stats(path: Path, option: str = "--ref") -> Stats | None:
+def load_stats(path: Path, param: str = "ref") -> Stats | None:
     """mu/sigma of a reference npz (official JiT fid_stats, ADM reference batch); None when it holds none."""
     keys = adm_npz.keys(path)
     if "mu" not in keys and "sigma" not in keys:
         return None
     with np.load(path) as f:
         if "mu" not in f or "sigma" not in f:
-            raise UserError(f"{option} {path}: holds only one of mu and sigma")
+            raise UserError("holds only one of mu and sigma", param=param, value=path)
         mu, sigma = f["mu"], f["sigma"]
     if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
         raise UserError(
-            f"{option} {path}: mu {mu.shape} and sigma {sigma.shape} are not Inception pool3 statistics "
-            f"(expected ({FEATURE_DIM},) and ({FEATURE_DIM}, {FEATURE_DIM}))"
+            f"mu {mu.shape} and sigma {sigma.shape} are not Inception pool3 statistics "
+            f"(expected ({FEATURE_DIM},) and ({FEATURE_DIM}, {FEATURE_DIM}))",
+            param=param,
+            value=path,
         )
     return Stats(mu.astype(np.float64), sigma.astype(np.float64))
 
@@ -182,20 +189,20 @@ def evaluate(
     """FID and IS of `samples` (folder of PNGs or npz arr_0) against `ref` (stats npz, image npz or folder)."""
     weights_path = inception_weights_path(weights)
     if not ref.exists():
-        raise UserError(f"--ref {ref}: no such file or directory")
+        raise UserError("no such file or directory", param="ref", value=ref)
     ref_stats = load_stats(ref) if ref.is_file() else None
     if ref.is_file() and ref_stats is None and "arr_0" not in adm_npz.keys(ref):
-        raise UserError(f"--ref {ref}: the npz holds neither mu/sigma statistics nor images (arr_0)")
+        raise UserError("the npz holds neither mu/sigma statistics nor images (arr_0)", param="ref", value=ref)
     if precision_recall and ref.is_file() and "arr_0" not in adm_npz.keys(ref):
-        raise UserError(f"--ref {ref}: precision/recall need reference images, the npz holds only statistics")
-    sample_batches, size = image_source(samples, "--samples", None, batch_size)
+        raise UserError("precision/recall need reference images, the npz holds only statistics", param="ref", value=ref)
+    sample_batches, size = image_source(samples, "samples", None, batch_size)
     dev = pick_device(device)
     net = load_inception(weights_path, dev)
     fake = extract(net, sample_batches, dev)
     results: dict[str, float] = {"images": float(fake.pool.shape[0])}
     real: Features | None = None
     if ref_stats is None or precision_recall:
-        ref_batches, _ = image_source(ref, "--ref", size, batch_size)
+        ref_batches, _ = image_source(ref, "ref", size, batch_size)
         real = extract(net, ref_batches, dev)
         if ref_stats is None:
             ref_stats = features_to_stats(real.pool)
@@ -222,18 +229,18 @@ def make_reference(
     """Write mu/sigma of every image under `data` (recursively, ADM center crop to res) to `out`; returns N."""
     weights_path = inception_weights_path(weights)
     if not data.is_dir():
-        raise UserError(f"--make-ref {data}: not a directory of images")
+        raise UserError("not a directory of images", param="make_ref", value=data)
     if res <= 0:
-        raise UserError(f"--res must be a positive image size, got {res}")
+        raise UserError("must be a positive image size", param="res", value=res)
     files = image_files(data, recursive=True)
     if len(files) < 2:
-        raise UserError(f"--make-ref {data}: found {len(files)} image(s), need at least 2")
+        raise UserError(f"found {len(files)} image(s), need at least 2", param="make_ref", value=data)
     probe = out.with_name(out.name + ".tmp")
     try:  # fail now rather than after a pass over the whole data set
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+        raise UserError(f"cannot write there ({e.strerror or e})", param="out", value=out) from None
     dev = pick_device(device)
     feats = extract(load_inception(weights_path, dev), folder_batches(files, res, batch_size), dev)
     save_stats(out, features_to_stats(feats.pool), len(files))

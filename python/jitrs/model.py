@@ -9,7 +9,9 @@ inside the model (compile the whole model instead; a block traces without graph 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,56 +19,93 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The constructor's keywords, in order; `JiT.config` holds exactly these and checkpoints store them.
-CONFIG_KEYS = (
-    "input_size",
-    "patch_size",
-    "in_channels",
-    "hidden_size",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "num_classes",
-    "bottleneck_dim",
-    "in_context_len",
-    "in_context_start",
-    "attn_drop",
-    "proj_drop",
-)
+
+@dataclass(frozen=True)
+class JiTConfig:
+    """A JiT architecture: the constructor's keywords, validated when built. Checkpoints store `to_dict()`."""
+
+    input_size: int = 256
+    patch_size: int = 16
+    in_channels: int = 3
+    hidden_size: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    bottleneck_dim: int = 128
+    in_context_len: int = 32
+    in_context_start: int = 8
+    attn_drop: float = 0.0
+    proj_drop: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Raise ValueError naming the keyword when a value cannot build a JiT."""
+        for key in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "bottleneck_dim"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"JiT: {key} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"JiT: num_classes must be an integer >= 1, got {self.num_classes!r}")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"JiT: input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
+            raise ValueError(
+                f"JiT: hidden_size {self.hidden_size} / num_heads {self.num_heads} must be a head size "
+                "divisible by 4 (2-D RoPE rotates pairs in two halves)"
+            )
+        if self.hidden_size % 4:
+            raise ValueError(f"JiT: hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos embedding)")
+        if not isinstance(self.in_context_len, int) or self.in_context_len < 0:
+            raise ValueError(f"JiT: in_context_len must be an integer >= 0, got {self.in_context_len!r}")
+        if self.in_context_len > 0 and not 0 <= self.in_context_start < self.depth:
+            raise ValueError(
+                f"JiT: in_context_start {self.in_context_start} must be a block index in [0, {self.depth})"
+            )
+        for key in ("attn_drop", "proj_drop"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"JiT: {key} must be in [0, 1), got {getattr(self, key)!r}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"JiT: mlp_ratio must be positive, got {self.mlp_ratio!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
 
 #################################################################################
 #                                 Named configs                                 #
 #################################################################################
 
-
-def _config(
-    depth: int, hidden: int, heads: int, bottleneck: int, ctx_len: int, ctx_start: int, patch: int, size: int
-) -> dict[str, Any]:
-    return {
-        "input_size": size,
-        "patch_size": patch,
-        "depth": depth,
-        "hidden_size": hidden,
-        "num_heads": heads,
-        "bottleneck_dim": bottleneck,
-        "in_context_len": ctx_len,
-        "in_context_start": ctx_start,
-    }
-
-
 # B/L/H as in the official code; G from the paper (Tab. 9). Patch 16 at 256 px and 32 at 512 px: 256 tokens.
 # The paper uses proj_drop 0.2 for H and G (official CLI flag --proj_dropout), 0 for B and L.
 # JiT-S/4 is ours: a ~6M-parameter JiT at 32 px (64 tokens of 4×4) that trains on a CPU.
-JiT_models: dict[str, dict[str, Any]] = {
-    "JiT-S/4": _config(6, 192, 3, 32, 8, 2, 4, 32),
-    "JiT-B/16": _config(12, 768, 12, 128, 32, 4, 16, 256),
-    "JiT-B/32": _config(12, 768, 12, 128, 32, 4, 32, 512),
-    "JiT-L/16": _config(24, 1024, 16, 128, 32, 8, 16, 256),
-    "JiT-L/32": _config(24, 1024, 16, 128, 32, 8, 32, 512),
-    "JiT-H/16": {**_config(32, 1280, 16, 256, 32, 10, 16, 256), "proj_drop": 0.2},
-    "JiT-H/32": {**_config(32, 1280, 16, 256, 32, 10, 32, 512), "proj_drop": 0.2},
-    "JiT-G/16": {**_config(40, 1664, 16, 256, 32, 10, 16, 256), "proj_drop": 0.2},
-    "JiT-G/32": {**_config(40, 1664, 16, 256, 32, 10, 32, 512), "proj_drop": 0.2},
+_B = {"depth": 12, "hidden_size": 768, "num_heads": 12, "bottleneck_dim": 128, "in_context_start": 4}
+_L = {"depth": 24, "hidden_size": 1024, "num_heads": 16, "bottleneck_dim": 128, "in_context_start": 8}
+_H = {"depth": 32, "hidden_size": 1280, "num_heads": 16, "bottleneck_dim": 256, "in_context_start": 10}
+_G = {"depth": 40, "hidden_size": 1664, "num_heads": 16, "bottleneck_dim": 256, "in_context_start": 10}
+_AT_256, _AT_512 = {"patch_size": 16, "input_size": 256}, {"patch_size": 32, "input_size": 512}
+JiT_models: dict[str, JiTConfig] = {
+    "JiT-S/4": JiTConfig(
+        depth=6,
+        hidden_size=192,
+        num_heads=3,
+        bottleneck_dim=32,
+        in_context_len=8,
+        in_context_start=2,
+        patch_size=4,
+        input_size=32,
+    ),
+    "JiT-B/16": JiTConfig(**_B, **_AT_256),
+    "JiT-B/32": JiTConfig(**_B, **_AT_512),
+    "JiT-L/16": JiTConfig(**_L, **_AT_256),
+    "JiT-L/32": JiTConfig(**_L, **_AT_512),
+    "JiT-H/16": JiTConfig(**_H, **_AT_256, proj_drop=0.2),
+    "JiT-H/32": JiTConfig(**_H, **_AT_512, proj_drop=0.2),
+    "JiT-G/16": JiTConfig(**_G, **_AT_256, proj_drop=0.2),
+    "JiT-G/32": JiTConfig(**_G, **_AT_512, proj_drop=0.2),
 }
 
 #################################################################################
@@ -258,46 +297,23 @@ class JiT(nn.Module):
     `y == num_classes` is the null class used for classifier-free guidance.
     """
 
-    def __init__(
-        self,
-        input_size: int = 256,
-        patch_size: int = 16,
-        in_channels: int = 3,
-        hidden_size: int = 1024,
-        depth: int = 24,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        num_classes: int = 1000,
-        bottleneck_dim: int = 128,
-        in_context_len: int = 32,
-        in_context_start: int = 8,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-    ) -> None:
+    def __init__(self, arch: JiTConfig | None = None, /, **keywords: Any) -> None:
+        """JiT(JiTConfig(...)) or JiT(**JiTConfig fields), like the official constructor's keywords."""
         super().__init__()
-        _validate(locals())
-        self.input_size = input_size
-        self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.hidden_size = hidden_size
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.num_classes = num_classes
-        self.bottleneck_dim = bottleneck_dim
-        self.in_context_len = in_context_len
-        self.in_context_start = in_context_start
-        self.attn_drop = attn_drop
-        self.proj_drop = proj_drop
-        grid = input_size // patch_size
+        self.arch = arch = dataclasses.replace(arch or JiTConfig(), **keywords)
+        # What samplers read from any JiT-like net (the official class has these attributes too).
+        self.input_size, self.in_channels, self.num_classes = arch.input_size, arch.in_channels, arch.num_classes
+        self.patch_size = arch.patch_size
+        hidden_size, depth, patch_size = arch.hidden_size, arch.depth, arch.patch_size
+        grid = arch.input_size // patch_size
 
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size)
-        self.x_embedder = BottleneckPatchEmbed(patch_size, in_channels, bottleneck_dim, hidden_size)
+        self.y_embedder = LabelEmbedder(arch.num_classes, hidden_size)
+        self.x_embedder = BottleneckPatchEmbed(patch_size, arch.in_channels, arch.bottleneck_dim, hidden_size)
         # Frozen but a Parameter (not a buffer) so the state dict matches the official one.
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, hidden_size), requires_grad=False)
-        if in_context_len > 0:
-            self.in_context_posemb = nn.Parameter(torch.zeros(1, in_context_len, hidden_size))
+        if arch.in_context_len > 0:
+            self.in_context_posemb = nn.Parameter(torch.zeros(1, arch.in_context_len, hidden_size))
 
         for key, table in self.rope_tables().items():
             self.register_buffer(key, table, persistent=False)
@@ -309,14 +325,14 @@ class JiT(nn.Module):
         self.blocks = nn.ModuleList(
             JiTBlock(
                 hidden_size,
-                num_heads,
-                mlp_ratio,
-                attn_drop if middle(i) else 0.0,
-                proj_drop if middle(i) else 0.0,
+                arch.num_heads,
+                arch.mlp_ratio,
+                arch.attn_drop if middle(i) else 0.0,
+                arch.proj_drop if middle(i) else 0.0,
             )
             for i in range(depth)
         )
-        self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
+        self.final_layer = FinalLayer(hidden_size, patch_size, arch.in_channels)
         self.initialize_weights()
 
     @classmethod
@@ -324,20 +340,20 @@ class JiT(nn.Module):
         """Build a named config from `JiT_models` ("JiT-B/16", ...), any constructor keyword overridden."""
         if name not in JiT_models:
             raise ValueError(f"unknown model {name!r}: choose one of {', '.join(JiT_models)}")
-        return cls(**{**JiT_models[name], **overrides})
+        return cls(JiT_models[name], **overrides)
 
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor keywords: JiT(**model.config) rebuilds the same architecture."""
-        return {key: getattr(self, key) for key in CONFIG_KEYS}
+        """The constructor keywords as plain values: JiT(**model.config) rebuilds the same architecture."""
+        return self.arch.to_dict()
 
     def rope_tables(self) -> dict[str, torch.Tensor]:
         """The RoPE cos/sin tables (N, head_dim/2) float32, and their in-context versions (L+N, head_dim/2).
 
         Once the in-context tokens are prepended they get angle 0 (cos 1, sin 0): RoPE leaves them unrotated.
         """
-        angles = rope_angles_2d(self.hidden_size // self.num_heads, self.input_size // self.patch_size)
-        ctx_angles = torch.cat([angles.new_zeros(self.in_context_len, angles.shape[1]), angles])
+        angles = rope_angles_2d(self.arch.hidden_size // self.arch.num_heads, self.input_size // self.patch_size)
+        ctx_angles = torch.cat([angles.new_zeros(self.arch.in_context_len, angles.shape[1]), angles])
         return {
             "rope_cos": angles.cos().float(),
             "rope_sin": angles.sin().float(),
@@ -352,9 +368,9 @@ class JiT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         grid = self.input_size // self.patch_size
-        pos = torch.from_numpy(sincos_pos_embed_2d(self.hidden_size, grid)).float()
+        pos = torch.from_numpy(sincos_pos_embed_2d(self.arch.hidden_size, grid)).float()
         self.pos_embed.data.copy_(pos.unsqueeze(0))
-        if self.in_context_len > 0:
+        if self.arch.in_context_len > 0:
             nn.init.normal_(self.in_context_posemb, std=0.02)
         # Patch convs are initialised like linear layers on their flattened weights.
         for conv in (self.x_embedder.proj1, self.x_embedder.proj2):
@@ -383,62 +399,25 @@ class JiT(nn.Module):
         h = self.x_embedder(x) + self.pos_embed  # (B, N, D)
         cos, sin = self.rope_cos, self.rope_sin
         for i, block in enumerate(self.blocks):
-            if i == self.in_context_start and self.in_context_len > 0:
+            if i == self.arch.in_context_start and self.arch.in_context_len > 0:
                 tokens = y_emb.unsqueeze(1) + self.in_context_posemb  # (B, L, D)
                 h = torch.cat([tokens.to(h.dtype), h], dim=1)  # (B, L+N, D)
                 cos, sin = self.rope_cos_ctx, self.rope_sin_ctx
             h = block(h, c, cos, sin)
-        h = self.final_layer(h[:, self.in_context_len :], c)  # (B, N, p*p*C)
+        h = self.final_layer(h[:, self.arch.in_context_len :], c)  # (B, N, p*p*C)
         return self.unpatchify(h)
 
     def flops_per_image(self) -> int:
         """Forward FLOPs for one image, matmuls and convs counted as 2·m·n·k (elementwise work ignored)."""
-        d, p, c = self.hidden_size, self.patch_size, self.in_channels
+        d, p, c = self.arch.hidden_size, self.patch_size, self.in_channels
         n_img = (self.input_size // p) ** 2
-        ffn = int(int(d * self.mlp_ratio) * 2 / 3)
-        flops = 2 * n_img * (p * p * c * self.bottleneck_dim + self.bottleneck_dim * d)  # patch embedding
+        ffn = int(int(d * self.arch.mlp_ratio) * 2 / 3)
+        flops = 2 * n_img * (p * p * c * self.arch.bottleneck_dim + self.arch.bottleneck_dim * d)  # patch embedding
         flops += 2 * (TimestepEmbedder.freq_dim * d + d * d)  # t-MLP
-        for i in range(self.depth):
-            n = n_img + (self.in_context_len if i >= self.in_context_start else 0)
+        for i in range(self.arch.depth):
+            n = n_img + (self.arch.in_context_len if i >= self.arch.in_context_start else 0)
             flops += 2 * d * 6 * d  # adaLN
             flops += 2 * n * d * (3 * d + d + 2 * ffn) + 2 * n * ffn * d  # qkv, proj, w12, w3
             flops += 2 * 2 * n * n * d  # QKᵀ and AV
         flops += 2 * d * 2 * d + 2 * n_img * d * p * p * c  # final adaLN and linear
         return flops
-
-
-def _validate(args: dict[str, Any]) -> None:
-    """Raise ValueError naming the keyword when a constructor argument cannot build a JiT."""
-    for key in (
-        "input_size",
-        "patch_size",
-        "in_channels",
-        "hidden_size",
-        "depth",
-        "num_heads",
-        "bottleneck_dim",
-    ):
-        if not isinstance(args[key], int) or isinstance(args[key], bool) or args[key] <= 0:
-            raise ValueError(f"JiT: {key} must be a positive integer, got {args[key]!r}")
-    if not isinstance(args["num_classes"], int) or args["num_classes"] < 1:
-        raise ValueError(f"JiT: num_classes must be an integer >= 1, got {args['num_classes']!r}")
-    if args["input_size"] % args["patch_size"]:
-        raise ValueError(f"JiT: input_size {args['input_size']} is not a multiple of patch_size {args['patch_size']}")
-    if args["hidden_size"] % args["num_heads"] or (args["hidden_size"] // args["num_heads"]) % 4:
-        raise ValueError(
-            f"JiT: hidden_size {args['hidden_size']} / num_heads {args['num_heads']} must be a head size "
-            "divisible by 4 (2-D RoPE rotates pairs in two halves)"
-        )
-    if args["hidden_size"] % 4:
-        raise ValueError(f"JiT: hidden_size {args['hidden_size']} must be divisible by 4 (2-D sin-cos embedding)")
-    if not isinstance(args["in_context_len"], int) or args["in_context_len"] < 0:
-        raise ValueError(f"JiT: in_context_len must be an integer >= 0, got {args['in_context_len']!r}")
-    if args["in_context_len"] > 0 and not 0 <= args["in_context_start"] < args["depth"]:
-        raise ValueError(
-            f"JiT: in_context_start {args['in_context_start']} must be a block index in [0, {args['depth']})"
-        )
-    for key in ("attn_drop", "proj_drop"):
-        if not 0.0 <= args[key] < 1.0:
-            raise ValueError(f"JiT: {key} must be in [0, 1), got {args[key]!r}")
-    if args["mlp_ratio"] <= 0:
-        raise ValueError(f"JiT: mlp_ratio must be positive, got {args['mlp_ratio']!r}")

@@ -215,7 +215,7 @@ class Judge:
         return torch.cat(picked)
 
 
-def read_samples(path: Path, option: str = "--samples") -> tuple[np.ndarray, np.ndarray]:
+def read_samples(path: Path, param: str = "samples") -> tuple[np.ndarray, np.ndarray]:
     """(images (N, H, W, 3) uint8, conditioning labels (N,)) of `jitrs sample` output: an npz with arr_0 and
     arr_1, or a PNG folder whose manifest.json gives the labels (the n and classes it was sampled with)."""
     import jitrs
@@ -227,24 +227,26 @@ def read_samples(path: Path, option: str = "--samples") -> tuple[np.ndarray, np.
         files = image_files(path, recursive=False)
         manifest = path / MANIFEST
         if not files or not manifest.is_file():
-            raise UserError(f"{option} {path}: not a `jitrs sample` folder (numbered PNGs and {MANIFEST})")
+            raise UserError(f"not a `jitrs sample` folder (numbered PNGs and {MANIFEST})", param=param, value=path)
         try:
             settings = json.loads(manifest.read_text())["settings"]
             labels = balanced_labels(int(settings["n"]), [int(c) for c in settings["classes"]])
         except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"{option} {manifest}: unreadable; sample again into a new folder") from None
+            raise UserError("unreadable; sample again into a new folder", param=param, value=manifest) from None
         if len(files) != len(labels):
-            raise UserError(f"{option} {path}: holds {len(files)} of the {len(labels)} images; finish the sampling")
+            raise UserError(
+                f"holds {len(files)} of the {len(labels)} images; finish the sampling", param=param, value=path
+            )
         size = jitrs.decode(str(files[0])).shape[0]
         return jitrs.load_batch([str(f) for f in files], size), labels
     if not path.is_file():
-        raise UserError(f"{option} {path}: no such file or directory")
+        raise UserError("no such file or directory", param=param, value=path)
     names = adm_npz.keys(path)
     if "arr_0" not in names or "arr_1" not in names:
-        raise UserError(f"{option} {path}: the npz needs images (arr_0) and their labels (arr_1)")
+        raise UserError("the npz needs images (arr_0) and their labels (arr_1)", param=param, value=path)
     images = np.concatenate(list(adm_npz.read_images(path, 1000)))
     with np.load(path) as f:
         labels = np.asarray(f["arr_1"])
     if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
-        raise UserError(f"{option} {path}: arr_1 must hold one integer label per image")
+        raise UserError("arr_1 must hold one integer label per image", param=param, value=path)
     return images, labels.astype(np.int64)

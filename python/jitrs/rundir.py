@@ -25,14 +25,14 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_checkpoint(path: str | Path, option: str = "--ckpt") -> Path:
+def resolve_checkpoint(path: str | Path, param: str = "ckpt") -> Path:
     """A checkpoint file as given, or the newest checkpoint of a run directory; UserError when there is none."""
     p = Path(path)
     if p.is_dir():
         found = list_checkpoints(p)
         if not found:
-            raise UserError(f"{option} {p}: the directory holds no checkpoint-*.pt file")
+            raise UserError("the directory holds no checkpoint-*.pt file", param=param, value=p)
         return found[-1][1]
     if not p.exists():
-        raise UserError(f"{option} {p}: no such file or directory")
+        raise UserError("no such file or directory", param=param, value=p)
     return p

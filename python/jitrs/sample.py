@@ -373,7 +373,7 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     Returns, on rank 0, what to evaluate: the PNG folder, or the npz file when only npz was asked; None elsewhere.
     """
     _check_options(opt)
-    ckpt_path = resolve_checkpoint(opt.ckpt, "--ckpt")
+    ckpt_path = resolve_checkpoint(opt.ckpt, "ckpt")
     check_writable(opt.out)
     # The ranks only ever wait for each other (barriers), never exchange tensors: gloo does it on any device.
     d = setup_distributed(opt.device, backend="gloo")

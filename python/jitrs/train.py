@@ -144,8 +144,9 @@ def resolve(
         name: str | None = cfg.model or default_model(cfg.res)
         if name not in JiT_models:
             raise UserError(f"--model {name}: unknown model; choose one of {', '.join(JiT_models)}")
-        model_config = {**JiT_models[name], **cfg.model_args, "input_size": cfg.res, "num_classes": n_classes}
-        if any(model_config[k] != JiT_models[name].get(k) for k in cfg.model_args if k not in DROPOUT_KEYS):
+        named = JiT_models[name].to_dict()
+        model_config = {**named, **cfg.model_args, "input_size": cfg.res, "num_classes": n_classes}
+        if any(model_config[k] != named[k] for k in cfg.model_args if k not in DROPOUT_KEYS):
             name = None  # another architecture: the named model's settings (its CFG scale) do not apply
         patch = model_config["patch_size"]
         if cfg.res % patch:
@@ -187,7 +188,7 @@ def open_index(cfg: TrainConfig, run_dir: Path) -> ImageIndex:
 
 def load_resume(path: str) -> tuple[Path, Any]:
     """The checkpoint named by --resume (a file or a run directory), which must hold training state."""
-    file = rundir.resolve_checkpoint(path, "--resume")
+    file = rundir.resolve_checkpoint(path, "resume")
     ckpt = jitrs.load_checkpoint(file)
     if "optimizer" not in ckpt.raw or "train_config" not in ckpt.raw:
         raise UserError(
