@@ -22,7 +22,6 @@ from jitrs.toy import (
     ToyConfig,
     ToyMLP,
     ToyResult,
-    prepare_out_dir,
     projection,
     run_toy,
     scores,
@@ -116,15 +115,6 @@ def test_mlp_is_the_papers_five_layer_relu_net() -> None:
 def test_bad_config_is_a_user_error_naming_the_option(kwargs: dict, words: str) -> None:
     with pytest.raises(UserError, match=words):
         ToyConfig(**kwargs)
-
-
-def test_out_dir_under_a_file_is_a_user_error(tmp_path: Path) -> None:
-    blocker = tmp_path / "file.txt"
-    blocker.write_text("not a directory")
-    with pytest.raises(UserError, match="--out"):
-        prepare_out_dir(blocker / "out")
-    prepare_out_dir(tmp_path / "new" / "dir")
-    assert (tmp_path / "new" / "dir").is_dir()
 
 
 def test_run_restores_global_rng_and_threads_and_writes_atomically(tmp_path: Path) -> None:

@@ -3,13 +3,13 @@ in a streaming way, since 50,000 images at 256 px are 9.8 GB."""
 
 from __future__ import annotations
 
-import os
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from jitrs.atomic import atomic_path
 from jitrs.errors import UserError
 
 
@@ -49,22 +49,18 @@ def read_images(path: Path, batch: int, limit: int | None = None) -> Iterator[np
 
 
 def write(path: Path, shape: tuple[int, int, int, int], images: Iterable[np.ndarray], labels: np.ndarray) -> None:
-    """Write arr_0 of `shape` from consecutive (B, H, W, 3) uint8 chunks, plus arr_1 labels; atomically (temp, fsync,
-    rename) so a reader never sees a partial file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write arr_0 of `shape` from consecutive (B, H, W, 3) uint8 chunks, plus arr_1 labels; atomically, so a reader
+    never sees a partial file."""
     header = {"descr": "|u1", "fortran_order": False, "shape": shape}
     written = 0
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_2_0(f, header)
-            for chunk in images:
-                f.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
-                written += len(chunk)
-        with zf.open("arr_1.npy", "w") as f:
-            np.lib.format.write_array(f, labels)
-    if written != shape[0]:
-        tmp.unlink()
-        raise ValueError(f"{path}: got {written} images for an arr_0 of {shape[0]}")
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_2_0(f, header)
+                for chunk in images:
+                    f.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
+                    written += len(chunk)
+            with zf.open("arr_1.npy", "w") as f:
+                np.lib.format.write_array(f, labels)
+        if written != shape[0]:
+            raise ValueError(f"{path}: got {written} images for an arr_0 of {shape[0]}")

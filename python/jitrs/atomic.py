@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from jitrs.errors import UserError
+
 # mkstemp creates files 0600; outputs get the mode any other file of the user gets. Read once, at import, as
 # reading the umask means setting it (process-wide) for a moment.
 _UMASK = os.umask(0)
@@ -59,3 +61,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def writable_dir(directory: Path, param: str = "out", value: object = None) -> None:
+    """Create `directory` if needed and prove a file can be written in it, before any long work; UserError naming
+    `param` (given as `value`, default the directory) otherwise."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        shown = directory if value is None else value
+        raise UserError(f"cannot write there ({e.strerror or e})", param=param, value=shown) from None

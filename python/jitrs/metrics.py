@@ -22,7 +22,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 
 import jitrs
 from jitrs import adm_npz
-from jitrs.atomic import atomic_path
+from jitrs.atomic import atomic_path, writable_dir
 from jitrs.device import pick_device
 from jitrs.errors import UserError
 
@@ -235,12 +235,7 @@ def make_reference(
     files = image_files(data, recursive=True)
     if len(files) < 2:
         raise UserError(f"found {len(files)} image(s), need at least 2", param="make_ref", value=data)
-    probe = out.with_name(out.name + ".tmp")
-    try:  # fail now rather than after a pass over the whole data set
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write there ({e.strerror or e})", param="out", value=out) from None
+    writable_dir(out.parent, value=out)  # fail now rather than after a pass over the whole data set
     dev = pick_device(device)
     feats = extract(load_inception(weights_path, dev), folder_batches(files, res, batch_size), dev)
     save_stats(out, features_to_stats(feats.pool), len(files))

@@ -28,7 +28,7 @@ from rich.text import Text
 
 import jitrs
 from jitrs import adm_npz
-from jitrs.atomic import atomic_path, atomic_write_text
+from jitrs.atomic import atomic_path, atomic_write_text, writable_dir
 from jitrs.device import setup_distributed
 from jitrs.errors import UserError
 from jitrs.flow import SAMPLE_STEPS, Flow
@@ -291,17 +291,6 @@ def _check_options(opt: SampleOptions) -> None:
         raise UserError(f"--seed must be in [0, 2^63), got {opt.seed}")
 
 
-def check_writable(out: Path) -> None:
-    """Create the output directory and prove a file can be written in it; UserError otherwise."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--out {out}: the output directory is not writable ({e.strerror or e})") from None
-
-
 def _check_manifest(out: Path, settings: Settings) -> None:
     """Refuse to add images to a directory that holds images of different settings."""
     path = out / MANIFEST
@@ -374,7 +363,7 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     """
     _check_options(opt)
     ckpt_path = resolve_checkpoint(opt.ckpt, "ckpt")
-    check_writable(opt.out)
+    writable_dir(opt.out)
     # The ranks only ever wait for each other (barriers), never exchange tensors: gloo does it on any device.
     d = setup_distributed(opt.device, backend="gloo")
     rank, world, device = d.rank, d.world, d.device

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -218,14 +217,6 @@ def _run_cells(cfg: ToyConfig, on_cell: Callable[[Cell, float], None] | None) ->
 
 
 # ---------------------------------------------------------------------------------------------- output
-def prepare_out_dir(out: Path) -> None:
-    """Create `out` if needed and prove it writable by creating a file in it; UserError if not."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write there ({e.strerror or e}).") from e
 
 
 def write_results(result: ToyResult, path: Path) -> None:

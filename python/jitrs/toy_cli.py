@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from jitrs.atomic import writable_dir
 from jitrs.errors import UserError
-from jitrs.toy import Cell, ToyConfig, ToyResult, prepare_out_dir, run_toy, save_figure, write_results
+from jitrs.toy import Cell, ToyConfig, ToyResult, run_toy, save_figure, write_results
 
 _DEFAULT = ToyConfig()
 
@@ -64,7 +65,7 @@ def toy(
         seed=seed,
         threads=threads,
     )
-    prepare_out_dir(out)
+    writable_dir(out)
     console = Console()
     start = time.perf_counter()
 

@@ -36,7 +36,7 @@ from torch.distributed.fsdp import fully_shard
 
 import jitrs
 from jitrs import rundir
-from jitrs.atomic import atomic_write_text
+from jitrs.atomic import atomic_write_text, writable_dir
 from jitrs.builtin import builtin_name, data_root
 from jitrs.checkpoint import checkpoint_payload
 from jitrs.dataset import ImageIndex, build_index
@@ -248,7 +248,7 @@ class Run:
         self.cfg, self.d = cfg, d
         self.run_dir = Path(cfg.out)
         if d.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            writable_dir(self.run_dir)
             index = open_index(cfg, self.run_dir)
         if d.world > 1:
             dist.barrier()  # rank 0 has written the index cache (and the built-in dataset): the others read them
