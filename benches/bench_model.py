@@ -6,7 +6,7 @@
 Both sides run in this process on the same device with the same flow, data and schedule:
 - jitrs: `jitrs.JiT` (fused SDPA, RoPE buffers) under `torch.compile` on a GPU, bf16 autocast, fused AdamW,
   and `Flow.sample` (cond + uncond batched in one forward, uncond skipped outside the CFG interval).
-- baseline: tests/official_jit.py, the literal re-creation of the official forward (hand-written float32
+- baseline: testkit/official_jit.py, the literal re-creation of the official forward (hand-written float32
   attention with a per-call zero bias; its blocks and final layer compiled as the official decorators do),
   bf16 autocast, AdamW with torch's default (foreach) kernel, and the official sampler (cond and uncond as two
   separate forwards that always both run).
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import cpu_model, timed
-from official_jit import OfficialJiT, official_sample
 
 import jitrs
+from testkit.official_jit import OfficialJiT, official_sample
 
 # Peak dense bf16 tensor-core FLOP/s from the vendor spec sheets, matched on the device name.
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import sklearn.datasets
 import torch
-from official_jit import OfficialJiT
 
 import jitrs
 from jitrs.errors import UserError
+from testkit.official_jit import OfficialJiT
 
 # JiT-S/4 at 32 px: small enough to write three weight sets per test.
 SMALL = {**jitrs.JiT_models["JiT-S/4"].to_dict(), "num_classes": 10}

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +13,16 @@ import sklearn.datasets
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from PIL import Image
-from test_sample import TINY, make_checkpoint, one_error_line
 from torch import nn
 
 import jitrs
 from jitrs import metrics
 from jitrs.errors import UserError
 from jitrs.metrics import Stats, frechet_distance
+from testkit import cli
+from testkit.checkpoints import TINY, make_checkpoint
+from testkit.cli import one_error_line
 
-PYTHONPATH = str(Path(jitrs.__file__).resolve().parent.parent)
 SIZE = 32
 COUNT = 4
 
@@ -96,12 +95,9 @@ def china_vs_flower(weights: Path, sets: dict[str, Path], flower_stats: Path) ->
         return metrics.evaluate(sets["china"], flower_stats, weights, device="cpu")
 
 
-def run_cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str | Path | int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real `jitrs` command in a fresh process; the weights env var only when `env` sets it."""
-    full_env = {k: v for k, v in os.environ.items() if k != metrics.WEIGHTS_ENV}
-    full_env |= {"PYTHONPATH": PYTHONPATH, **(env or {})}
-    cmd = [sys.executable, "-m", "jitrs", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
+    return cli.run_cli(*args, env=env, unset=(metrics.WEIGHTS_ENV,))
 
 
 def eval_json(tmp_path: Path, *args: str | Path, env: dict[str, str] | None = None) -> dict[str, float]:
@@ -175,7 +171,11 @@ def test_npz_samples_and_adm_refs_match_folders(
         tmp_path, "--samples", sets["china_npz"], "--ref", adm, "--prc", env={metrics.WEIGHTS_ENV: str(weights)}
     )
     assert by_adm["fid"] == pytest.approx(china_vs_flower["fid"], rel=1e-5)
-    assert 0.0 <= by_adm["precision"] <= 1.0 and 0.0 <= by_adm["recall"] <= 1.0
+    # Precision/recall from the ADM batch's arr_0 are those from the same images as a folder.
+    by_folder = eval_json(
+        tmp_path, "--samples", sets["china"], "--ref", sets["flower"], "--inception-weights", weights, "--prc"
+    )
+    assert (by_adm["precision"], by_adm["recall"]) == (by_folder["precision"], by_folder["recall"])
 
 
 def test_make_ref_uses_the_adm_center_crop(weights: Path, tmp_path: Path) -> None:
@@ -257,6 +257,8 @@ def test_reference_problems_found_before_or_during_the_pass(
     (data / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with pytest.raises(UserError, match=r"broken\.jpg"):
         metrics.make_reference(data, SIZE, tmp_path / "stats.npz", weights, device="cpu")
-    with pytest.raises(UserError, match="--out"):
-        metrics.make_reference(data, SIZE, tmp_path / "no" / "such" / "dir.npz", weights, device="cpu")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="out=.*a-file/stats.npz: cannot write there"):  # before the pass, not after
+        metrics.make_reference(data, SIZE, blocker / "stats.npz", weights, device="cpu")
     assert not list(tmp_path.glob("*.tmp"))

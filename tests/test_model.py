@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from official_jit import OfficialJiT
 from torch.utils.flop_counter import FlopCounterMode
 
 import jitrs
 from jitrs.model import JiT, JiT_models, apply_rope
+from testkit.official_jit import OfficialJiT
 
 # Every key and shape of the official state dicts, with the parameter totals, read off the official model.
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "official_jit_state_dicts.json").read_text())

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from jitrs.flow import Flow
 from jitrs.sample import (
     GRID_PATH,
     MANIFEST,
+    PARTS_DIR,
     SampleOptions,
     balanced_labels,
     image_noise,
@@ -31,40 +31,8 @@ from jitrs.sample import (
     sample,
     to_pixels,
 )
-
-PYTHONPATH = str(Path(jitrs.__file__).resolve().parent.parent)
-TINY = {
-    "input_size": 16,
-    "patch_size": 4,
-    "hidden_size": 32,
-    "depth": 2,
-    "num_heads": 2,
-    "bottleneck_dim": 8,
-    "in_context_len": 4,
-    "in_context_start": 1,
-    "num_classes": 3,
-}
-
-
-def make_checkpoint(path: Path, config: dict, seed: int = 0, name: str | None = None, flow: dict | None = None) -> Path:
-    """A jitrs checkpoint of a randomly initialised JiT, perturbed so that x̂ depends on z, t and y.
-
-    (The official init zeroes every output layer, which would make all samples collapse to the same values.)
-    """
-    torch.manual_seed(seed)
-    net = jitrs.JiT(**config)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.2)
-    sd = net.state_dict()
-    ema2 = {k: v + 0.01 for k, v in sd.items()}
-    stored = {"noise_scale": 1.0, "P_mean": -0.8, "P_std": 0.8, "t_eps": 0.05, "label_drop": 0.1}
-    stored |= {"pred": "x", "loss_space": "v"} | (flow or {})
-    payload = {"format": "jitrs", "version": 1, "config": net.config, "name": name, "flow": stored}
-    payload |= {"model": sd, "ema1": sd, "ema2": ema2, "class_names": None, "step": 1}
-    jitrs.save_checkpoint(path, payload)
-    return path
+from testkit.checkpoints import TINY, make_checkpoint
+from testkit.cli import PYTHONPATH, one_error_line, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -72,23 +40,8 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", TINY)
 
 
-def run_cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The real `jitrs` command in a fresh process, this checkout first on the path."""
-    full_env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "jitrs", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
-
-
 def read_pngs(folder: Path, n: int) -> np.ndarray:
     return np.stack([np.asarray(Image.open(folder / f"{i:06d}.png")) for i in range(n)])
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -229,39 +182,54 @@ def test_two_processes_make_the_same_images_as_one(ckpt: Path, tmp_path: Path) -
     assert np.array_equal(a, np.load(tmp_path / "two" / npz_name(9, 16))["arr_0"])
 
 
+# Runs `jitrs sample` and SIGKILLs the whole process from inside its writer thread at a fixed point: while the
+# npz part of the third batch is half written (its PNGs are already on disk) — the worst moment for the store.
+KILL_MID_WRITE = """
+import os, signal, sys
+import numpy as np
+from jitrs.cli import main
+batches = 0
+real_savez = np.savez
+def savez(file, **arrays):
+    global batches
+    batches += 1
+    if batches == 3:
+        file.write(b"PK\\x03\\x04 torn")
+        file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_savez(file, **arrays)
+np.savez = savez
+sys.argv = ["jitrs", *sys.argv[1:]]
+main()
+"""
+
+
 def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
-    # A bigger net and more steps so the run is still going when it is killed.
-    ckpt = make_checkpoint(tmp_path / "k.pt", TINY | {"depth": 4, "hidden_size": 64, "input_size": 32}, seed=1)
-    n = 24
-    args = ["sample", "--ckpt", ckpt, "--n", n, "--steps", 12, "--batch-size", 2, "--format", "both"]
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
+    ckpt = make_checkpoint(tmp_path / "k.pt", TINY | {"input_size": 32}, seed=1)
+    n, batch = 24, 2
+    args = ["sample", "--ckpt", ckpt, "--n", n, "--steps", 3, "--batch-size", batch, "--format", "both"]
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jitrs", *map(str, args), "--out", str(out)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_MID_WRITE, *map(str, args), "--out", str(out)], env=env, capture_output=True
     )
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("[0-9]*.png"))) < 4 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_at_kill = len(list(out.glob("[0-9]*.png")))
-    assert 4 <= done_at_kill < n, "the run must be killed part way"
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list(out.glob("[0-9]*.png"))) == 3 * batch  # the third batch's PNGs were written...
+    assert len(list((out / PARTS_DIR).glob("*.npz"))) == 2  # ...its npz part was not
+    assert len(list(out.rglob("*.tmp"))) == 1  # the torn part, hidden under a temp name
     assert not (out / npz_name(n, 32)).exists()
 
     resumed = run_cli(*args, "--out", out)
     assert resumed.returncode == 0, resumed.stderr
-    already = int(resumed.stderr.replace("\n", " ").split(" of 24 images already")[0].split()[-1])
-    assert 1 <= already < n  # it really resumed (an image counts once both its PNG and npz part exist)
+    # An image counts once both its PNG and its npz part exist: two batches, not three.
+    assert f"{2 * batch} of {n} images already" in resumed.stderr.replace("\n", " ")
     fresh = run_cli(*args, "--out", tmp_path / "fresh")
     assert fresh.returncode == 0, fresh.stderr
     assert np.array_equal(read_pngs(out, n), read_pngs(tmp_path / "fresh", n))
     with np.load(out / npz_name(n, 32)) as a, np.load(tmp_path / "fresh" / npz_name(n, 32)) as b:
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
     assert len(list(out.glob("[0-9]*.png"))) == n
-    assert not list(out.rglob("*.tmp"))  # temp files of the killed writes are gone
+    assert not list(out.rglob("*.tmp"))  # the killed write's temp file is gone
 
 
 def test_rerun_with_other_settings_is_refused(ckpt: Path, tmp_path: Path) -> None:
