@@ -259,6 +259,6 @@ def test_reference_problems_found_before_or_during_the_pass(
         metrics.make_reference(data, SIZE, tmp_path / "stats.npz", weights, device="cpu")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(UserError, match="out=.*a-file/stats.npz: cannot write there"):  # before the pass, not after
+    with pytest.raises(UserError, match=r"out=.*a-file/stats\.npz: cannot write there"):  # before the pass, not after
         metrics.make_reference(data, SIZE, blocker / "stats.npz", weights, device="cpu")
     assert not list(tmp_path.glob("*.tmp"))
