@@ -53,9 +53,9 @@ def run(args: list[str], env: dict[str, str], check: bool = True, timeout: float
     return proc
 
 
-def losses(run_dir: Path) -> dict[int, float]:
+def losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}
+    return {r["step"]: r[key] for r in rows}
 
 
 def steps_of(run_dir: Path) -> list[int]:
@@ -166,7 +166,7 @@ def test_run_directory_contents(tmp_path: Path, env) -> None:
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
 def test_two_processes_match_one_process_with_accumulation(tmp_path: Path, env, sharding: list[str]) -> None:
     common = [*TINY, "--data", "digits", "--batch-size", "4", "--steps", "3", "--log-every", "1", "--blr", "1e-3",
-              "--warmup-epochs", "0", "--sample-every", "2"]  # fmt: skip
+              "--warmup-epochs", "0", "--sample-every", "2", "--grad-clip", "0.05"]  # fmt: skip
     run([*common, "--accum", "2", "--out", str(tmp_path / "one")], env)
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "jitrs",
@@ -178,6 +178,10 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path: Path, env, 
     assert (tmp_path / "two" / "samples" / "step-0000002.png").is_file()  # sampled mid-run, then trained on
     assert list(one) == list(two) == [1, 2, 3]
     np.testing.assert_allclose(list(two.values()), list(one.values()), rtol=1e-5)
+    # The logged gradient norm is the whole model's (under FSDP a DTensor holds only this rank's partial sum).
+    norms_one, norms_two = losses(tmp_path / "one", "grad_norm"), losses(tmp_path / "two", "grad_norm")
+    assert min(norms_one.values()) > 0.05  # so the clipping was active
+    np.testing.assert_allclose(list(norms_two.values()), list(norms_one.values()), rtol=1e-4)
     a = torch.load(tmp_path / "one" / "checkpoint-0000003.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "checkpoint-0000003.pt", weights_only=True)
     assert a["train_config"]["accum"] == 2 and b["optimizer"]["param_groups"][0]["lr"] == 1e-3 * 8 / 256

@@ -249,7 +249,7 @@ class Loader:
             y = slot.labels.to(self.device, non_blocking=True)
             if self.device.type == "cuda":
                 slot.copied = torch.cuda.Event()
-                slot.copied.record()
+                slot.copied.record(torch.cuda.current_stream(self.device))  # the stream the copies were queued on
             # x/255·2 − 1 on the device, NHWC uint8 -> NCHW float32. The result keeps NHWC memory order
             # (channels_last): one contiguous conversion pass instead of a strided uint8 transpose first.
             x = x.permute(0, 3, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0)

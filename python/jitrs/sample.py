@@ -14,7 +14,6 @@ import queue
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -451,7 +450,7 @@ def _sample_missing(
     labels = torch.from_numpy(balanced_labels(s.n, s.classes))
     shape = (net.in_channels, s.resolution, s.resolution)  # type: ignore[arg-type]
     batches = list(my_batches(missing, batch_size, rank, world))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    net_dtype = torch.bfloat16 if device.type == "cuda" else None
     writer = _Writer(store)
     progress = Progress(
         TextColumn(f"sampling{f' (rank 0 of {world})' if world > 1 else ''}"),
@@ -468,22 +467,22 @@ def _sample_missing(
             for idx in batches:
                 noise = image_noise(s.seed, idx, shape).to(device, non_blocking=True)
                 y = labels[idx].to(device, non_blocking=True)
-                with autocast:
-                    z = flow.sample(
-                        model,
-                        y,
-                        steps=s.steps,
-                        method=s.method,  # type: ignore[arg-type]
-                        cfg=s.cfg,
-                        interval=(s.interval[0], s.interval[1]),
-                        noise=noise,
-                    )
+                z = flow.sample(
+                    model,
+                    y,
+                    steps=s.steps,
+                    method=s.method,  # type: ignore[arg-type]
+                    cfg=s.cfg,
+                    interval=(s.interval[0], s.interval[1]),
+                    noise=noise,
+                    net_dtype=net_dtype,
+                )
                 pixels = to_pixels(z)
                 if device.type == "cuda":
                     host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
                     host.copy_(pixels, non_blocking=True)
                     ready = torch.cuda.Event()
-                    ready.record()
+                    ready.record(torch.cuda.current_stream(device))  # the stream the copy was queued on
                 else:
                     host, ready = pixels.contiguous(), None
                 writer.put(idx, host, ready)

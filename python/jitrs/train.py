@@ -33,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 import jitrs
 from jitrs import rundir
@@ -416,7 +417,10 @@ class Run:
                 (loss / s.accum).backward()
             step_loss += loss.detach()
         if cfg.grad_clip > 0:
-            self.grad_norms.append(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            # Under FSDP the norm is a DTensor whose local value is this rank's partial sum; the clipping itself
+            # used the reduced one.
+            self.grad_norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.ema1.update(self.params)
@@ -503,16 +507,16 @@ class Run:
             return None
         g = torch.Generator(d.device).manual_seed(cfg.seed)
         shape = (self.grid_labels.shape[0], 3, cfg.res, cfg.res)
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            x = self.flow.sample(
-                self.ema1.module,
-                self.grid_labels,
-                steps=cfg.sample_steps,
-                cfg=cfg.sample_cfg,
-                interval=CFG_INTERVAL,
-                generator=g,
-                shape=shape,
-            )
+        x = self.flow.sample(
+            self.ema1.module,
+            self.grid_labels,
+            steps=cfg.sample_steps,
+            cfg=cfg.sample_cfg,
+            interval=CFG_INTERVAL,
+            generator=g,
+            shape=shape,
+            net_dtype=torch.bfloat16 if self.bf16 else None,
+        )
         if cfg.fsdp:
             self.ema1.module.reshard()  # type: ignore[operator]  # FSDP leaves the root gathered after a forward
         if not d.main:
