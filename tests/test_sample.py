@@ -19,6 +19,7 @@ from PIL import Image
 import jitrs
 from jitrs.errors import UserError
 from jitrs.flow import Flow
+from jitrs.rundir import DirLock
 from jitrs.sample import (
     GRID_PATH,
     MANIFEST,
@@ -345,3 +346,22 @@ def test_cuda_bf16_compiled_sampling_is_deterministic(ckpt: Path, tmp_path: Path
     assert np.array_equal(a, b)
     assert np.abs(a - c).mean() < 1.0
     assert json.loads((tmp_path / "a" / MANIFEST).read_text())["settings"]["precision"] == "bf16"
+
+
+def test_a_second_job_on_the_output_directory_is_refused(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    out.mkdir()
+    with DirLock(out):  # held by this process, as by a sampling job still running
+        line = one_error_line(run_cli("sample", "--ckpt", ckpt, "--out", out, "--n", 2, "--steps", 2))
+    assert f"--out {out}: another job is using this directory (pid {os.getpid()} on " in line
+    assert not list(out.glob("*.png"))
+    assert run_cli("sample", "--ckpt", ckpt, "--out", out, "--n", 2, "--steps", 2).returncode == 0
+
+
+def test_images_without_a_manifest_are_not_adopted(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    out.mkdir()
+    jitrs.write_png(out / "000001.png", np.zeros((16, 16, 3), np.uint8))  # a stray image, from who knows where
+    line = one_error_line(run_cli("sample", "--ckpt", ckpt, "--out", out, "--n", 2, "--steps", 2))
+    assert f"--out {out}: holds 000001.png and 0 other sample file(s) but no manifest.json" in line
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "000001.png"]

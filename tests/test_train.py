@@ -18,10 +18,12 @@ import torch
 from PIL import Image
 
 import jitrs
+from jitrs import rundir
 from jitrs.ema import EMA
 from jitrs.errors import UserError
 from jitrs.grid import image_grid
 from jitrs.model import JiT
+from jitrs.rundir import DirLock
 from jitrs.train import default_noise_scale, learning_rate, param_groups, resolve
 from jitrs.train_config import DEMO, TrainConfig, build_config, read_config_file
 
@@ -97,9 +99,10 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--data", "digits", "--res", "16", "--label-drop", "1.5"], "label_drop must be in \\[0, 1\\)"),
     ],
 )
-def test_bad_input_is_one_clear_line(args: list[str], message: str, bad_inputs: Path, env) -> None:
-    proc = run([a.format(root=bad_inputs) for a in args], env, check=False)
+def test_bad_input_is_one_clear_line(args: list[str], message: str, bad_inputs: Path, env, tmp_path: Path) -> None:
+    proc = run([a.format(root=bad_inputs) for a in args] + ["--out", str(tmp_path / "run")], env, check=False)
     assert proc.returncode == 2, proc.stderr
+    assert not rundir.holds_run(tmp_path / "run")
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and re.search(message, lines[-1]), proc.stderr
@@ -224,12 +227,94 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path, env) -> None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 128 + signal.SIGTERM, stderr  # saved, but not finished: a scheduler can tell
     stopped = steps_of(out)
     assert len(stopped) == 1 and "stopped by signal" in stderr
     assert max(losses(out)) == stopped[0]
     run(["--resume", str(out / f"checkpoint-{stopped[0]:07d}.pt"), "--steps", str(stopped[0] + 2)], env)
     assert list(losses(out)) == list(range(1, stopped[0] + 3))
+
+
+def small_run(out: Path, *more: str) -> list[str]:
+    return [*TINY, "--data", "digits", "--batch-size", "8", "--log-every", "1", "--sample-every", "0", "--out",
+            str(out), *more]  # fmt: skip
+
+
+def files_of(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+def last_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_an_existing_run_is_never_trained_over_by_accident(tmp_path: Path, env) -> None:
+    out = tmp_path / "run"
+    run(small_run(out, "--steps", "3"), env)
+    before = files_of(out)
+    line = last_error(run(small_run(out, "--steps", "2"), env, check=False))
+    assert f"--out {out}: already holds a run (newest checkpoint: step 3)" in line and "--overwrite" in line
+    # A finished run, resumed with no more steps to take: refused, its final checkpoint is not rewritten.
+    assert "--resume: the checkpoint" in last_error(run(["--resume", str(out)], env, check=False))
+    assert "is at step 3" in last_error(run(["--resume", str(out), "--steps", "2"], env, check=False))
+    line = last_error(run(["--resume", str(out), "--init", str(out), "--steps", "5"], env, check=False))
+    assert "--init and --resume exclude each other" in line
+    assert files_of(out) == before  # nothing touched by any refusal
+    # --init takes a run directory's newest checkpoint, into a new run.
+    proc = run(small_run(tmp_path / "ft", "--steps", "1", "--init", str(out)), env)
+    assert steps_of(tmp_path / "ft") == [1] and "Traceback" not in proc.stderr
+    # --overwrite starts over, deleting the old run's checkpoints and logs.
+    run(small_run(out, "--steps", "2", "--overwrite"), env)
+    assert steps_of(out) == [2] and list(losses(out)) == [1, 2]
+
+
+def test_a_second_job_on_a_directory_is_refused_and_a_dead_jobs_lock_is_taken_over(tmp_path: Path, env) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    with DirLock(out):  # held by this process, as by a trainer still running
+        line = last_error(run(small_run(out, "--steps", "1"), env, check=False))
+        assert f"another job is using this directory (pid {os.getpid()} on " in line
+        assert not rundir.holds_run(out)
+    # What a trainer killed with SIGKILL leaves: a lock file naming it, but no lock (the kernel dropped it).
+    (out / ".lock").write_text("pid 999999999 on elsewhere")
+    proc = run(small_run(out, "--steps", "1"), env)
+    assert "took over the lock of pid 999999999 on elsewhere, which is no longer running" in proc.stderr
+    assert steps_of(out) == [1] and (out / ".lock").read_text() == ""  # released on exit
+
+
+def test_resume_survives_a_torn_log_line_and_a_killed_writers_temp_file(tmp_path: Path, env) -> None:
+    out = tmp_path / "run"
+    run(small_run(out, "--steps", "2"), env)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # a full disk or a power cut mid-append
+    (out / ".checkpoint-0000003.pt.k2j4.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")  # a kill -9 mid-save
+    proc = run(["--resume", str(out), "--steps", "4"], env)
+    assert f"dropped 1 torn line(s) of {out / 'metrics.jsonl'}" in proc.stderr
+    assert "removed .checkpoint-0000003.pt.k2j4.tmp, the temp file of a write that was interrupted" in proc.stderr
+    assert list(losses(out)) == [1, 2, 3, 4] and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("name", ["set[v2]", "a[/]b", "[bold]x"])
+def test_user_paths_are_printed_as_text_not_markup(tmp_path: Path, env, name: str) -> None:
+    line = last_error(run(["--data", str(tmp_path / name), "--out", str(tmp_path / "run")], env, check=False))
+    assert f"--data {tmp_path / name}: no such directory" in line
+    assert not (tmp_path / "run").exists()  # a refused run leaves no directory behind
+
+
+def test_a_full_disk_is_one_line_and_exit_code_1(tmp_path: Path, env) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)]).returncode:
+        pytest.skip("needs root to mount a 64 KB tmpfs")
+    try:
+        proc = run(small_run(small / "run", "--steps", "2"), env, check=False)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    where = small / "run" / "checkpoint-0000002.pt"
+    assert line == f"error: cannot write {where}: No space left on device; no checkpoint was saved"
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, env) -> None:

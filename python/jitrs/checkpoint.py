@@ -13,10 +13,12 @@ State dicts are stored unprefixed, with the official parameter names.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -372,8 +374,14 @@ def _safetensors_bytes(tensors: StateDict, metadata: dict[str, str]) -> bytes:
 
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write(f)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            write(f)
+    except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        usage = shutil.disk_usage(path.parent)  # torch's message names no errno: a nearly full disk is the cause
+        full = usage.free < max(64 << 20, usage.total // 100)
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code) if full else _first_line(e), str(path)) from None
 
 
 def _first_line(e: BaseException) -> str:

@@ -6,8 +6,9 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from jitrs.errors import UserError
+from jitrs.errors import UserError, WriteFailure
 from jitrs.eval_cli import eval_command
 from jitrs.sample_cli import sample_command
 from jitrs.toy_cli import toy
@@ -26,7 +27,8 @@ app.command("toy")(toy)
 
 
 def _fail(message: str, code: int) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    # The message holds user paths and values: printed as text, never read as markup.
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -35,8 +37,13 @@ def main() -> None:
     try:
         # standalone_mode=False: click hands usage errors to us instead of drawing its multi-line box.
         result = app(standalone_mode=False)
+    except WriteFailure as e:
+        _fail(e.for_cli(), 1)
     except UserError as e:
         _fail(e.for_cli(), 2)
+    except OSError as e:  # a full disk, a read-only or vanished directory, a file that cannot be read
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(f"{where}{e.strerror or e}", 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as e:

@@ -28,3 +28,7 @@ class UserError(Exception):
         flag = "--" + self.param.replace("_", "-")
         subject = flag if self.value is None else f"{flag} {self.value}"
         return f"{subject}: {self.message}"
+
+
+class WriteFailure(UserError):
+    """An output could not be written (a full disk, a read-only or vanished directory); the CLI exits 1."""

@@ -125,6 +125,10 @@ class Loader:
         self.index, self.size, self.plan, self.device = index, size, plan, device
         self.threads, self.bad_log = threads, bad_log
         self.bad_files: dict[str, str] = {}
+        if bad_log is not None and bad_log.is_file():  # a resumed run: each bad file is listed once
+            for line in bad_log.read_text(errors="replace").splitlines():
+                path, _, reason = line.partition("\t")
+                self.bad_files.setdefault(path, reason)
         self._paths = np.array(index.paths, dtype=object)
         self._orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()

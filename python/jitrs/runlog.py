@@ -25,10 +25,17 @@ class RunLog:
         self.writer: Any = None
         if not enabled:
             return
-        # A resumed run rewinds the logs to its checkpoint, so re-run steps are not logged twice.
+        # A resumed run rewinds the logs to its checkpoint, so re-run steps are not logged twice; a torn line (what
+        # a full disk or a power cut leaves of an append) is dropped, and said so.
         for log in (self.metrics, self.quality):
             if log.exists():
-                kept = [line for line in log.read_text().splitlines() if _step(line) <= start_step]
+                rows = [(line, _step(line)) for line in log.read_text(errors="replace").splitlines() if line.strip()]
+                torn = sum(step is None for _, step in rows)
+                if torn:
+                    self.console.print(
+                        f"dropped {torn} torn line(s) of {log}", markup=False, highlight=False, soft_wrap=True
+                    )
+                kept = [line for line, step in rows if step is not None and step <= start_step]
                 atomic_write_text(log, "".join(line + "\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -90,8 +97,13 @@ class RunLog:
             self.writer.close()
 
 
-def _step(line: str) -> int:
-    return int(json.loads(line).get("step", 0)) if line.strip() else 1 << 62
+def _step(line: str) -> int | None:
+    """The step of a log line; None for a line that is not a whole JSON row."""
+    try:
+        row = json.loads(line)
+        return int(row.get("step", 0)) if isinstance(row, dict) else None
+    except (ValueError, TypeError):
+        return None
 
 
 def plot_loss(rows: list[dict[str, Any]], out: Path) -> None:

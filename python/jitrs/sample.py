@@ -7,10 +7,12 @@ number of processes, or how often the job was interrupted and resumed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import queue
+import re
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -32,7 +34,7 @@ from jitrs.device import setup_distributed
 from jitrs.errors import UserError
 from jitrs.flow import SAMPLE_STEPS, Flow
 from jitrs.grid import image_grid
-from jitrs.rundir import resolve_checkpoint
+from jitrs.rundir import DirLock, resolve_checkpoint
 
 # CFG scales of the released official results (reference table); other models default to no guidance.
 OFFICIAL_CFG = {"JiT-B/16": 3.0, "JiT-B/32": 3.0, "JiT-L/16": 2.4, "JiT-L/32": 2.5, "JiT-H/16": 2.2, "JiT-H/32": 2.3}
@@ -122,6 +124,9 @@ def image_noise(seed: int, indices: Sequence[int], shape: tuple[int, ...]) -> to
 def to_pixels(z: torch.Tensor) -> torch.Tensor:
     """Sampler output (B, 3, H, W) float in [-1, 1] -> (B, H, W, 3) uint8, round(clip((z+1)/2, 0, 1)·255)."""
     return ((z.float() + 1) / 2).clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+PNG_RE = re.compile(r"^\d{6,}\.png$")
 
 
 def png_name(index: int) -> str:
@@ -294,6 +299,14 @@ def _check_manifest(out: Path, settings: Settings) -> None:
     """Refuse to add images to a directory that holds images of different settings."""
     path = out / MANIFEST
     if not path.exists():
+        strays = sorted(p.name for p in out.iterdir() if PNG_RE.match(p.name) or p.name == PARTS_DIR)
+        if strays:  # images no manifest vouches for would be adopted into the set (and into its FID)
+            raise UserError(
+                f"holds {strays[0]} and {len(strays) - 1} other sample file(s) but no {MANIFEST}: they may come from "
+                "another job; use an empty directory",
+                param="out",
+                value=out,
+            )
         return
     try:
         old = json.loads(path.read_text())
@@ -368,6 +381,9 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     rank, world, device = d.rank, d.world, d.device
     console = console or Console(stderr=True, quiet=rank != 0)
 
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)  # paths and names are text, never markup
+
     ckpt = jitrs.load_checkpoint(ckpt_path)
     config = ckpt.config
     num_classes, res = int(config["num_classes"]), int(config["input_size"])
@@ -401,36 +417,40 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
         precision="bf16" if device.type == "cuda" else "fp32",
         formats=["png", "npz"] if opt.format == "both" else [opt.format],
     )
-    _check_manifest(opt.out, settings)
-    store = SampleStore(opt.out, settings)
-    if rank == 0:
-        store.remove_stale_temps()
-    missing = store.missing()
-    _barrier(world)  # every rank has listed the directory before anyone writes to it
-    if rank == 0:
-        _write_manifest(opt.out, settings)
-        per, extra = divmod(opt.n, len(classes))
-        console.print(
-            f"{ckpt.name or 'JiT'} at {res} px from {ckpt_path} ({weights}), {len(classes)} classes, "
-            f"{opt.method} {steps} steps, cfg {cfg:g} on ({opt.interval[0]:g}, {opt.interval[1]:g}), "
-            f"seed {opt.seed}, {world} process(es) on {device.type}"
-        )
-        if extra:
-            console.print(
-                f"{opt.n} is not a multiple of {len(classes)} classes: the first {extra} classes get {per + 1} "
-                f"image{'s' * (per > 0)}, the others {per}"
+    # Rank 0 holds the output directory for the whole job: a second job on it is refused.
+    with DirLock(opt.out) if rank == 0 else contextlib.nullcontext() as lock:
+        if lock is not None and lock.took_over:
+            say(f"took over the lock of {lock.took_over}, which is no longer running")
+        _check_manifest(opt.out, settings)
+        store = SampleStore(opt.out, settings)
+        if rank == 0:
+            store.remove_stale_temps()
+        missing = store.missing()
+        _barrier(world)  # every rank has listed the directory before anyone writes to it
+        if rank == 0:
+            _write_manifest(opt.out, settings)
+            per, extra = divmod(opt.n, len(classes))
+            say(
+                f"{ckpt.name or 'JiT'} at {res} px from {ckpt_path} ({weights}), {len(classes)} classes, "
+                f"{opt.method} {steps} steps, cfg {cfg:g} on ({opt.interval[0]:g}, {opt.interval[1]:g}), "
+                f"seed {opt.seed}, {world} process(es) on {device.type}"
             )
-        console.print(f"{opt.n - len(missing)} of {opt.n} images already in {opt.out}; sampling {len(missing)}")
+            if extra:
+                say(
+                    f"{opt.n} is not a multiple of {len(classes)} classes: the first {extra} classes get {per + 1} "
+                    f"image{'s' * (per > 0)}, the others {per}"
+                )
+            say(f"{opt.n - len(missing)} of {opt.n} images already in {opt.out}; sampling {len(missing)}")
 
-    if missing:
-        use_compile = opt.compile if opt.compile is not None else device.type == "cuda"
-        model = torch.compile(net) if use_compile else net
-        _sample_missing(model, net, flow, store, settings, missing, opt.batch_size, device, rank, world, console)
-    _barrier(world)
-    if rank == 0:
-        store.finish()
-        console.print(f"wrote {opt.n} images to {opt.out} (preview: {opt.out / GRID_PATH})")
-        return opt.out if store.png else store.npz_path
+        if missing:
+            use_compile = opt.compile if opt.compile is not None else device.type == "cuda"
+            model = torch.compile(net) if use_compile else net
+            _sample_missing(model, net, flow, store, settings, missing, opt.batch_size, device, rank, world, console)
+        _barrier(world)
+        if rank == 0:
+            store.finish()
+            say(f"wrote {opt.n} images to {opt.out} (preview: {opt.out / GRID_PATH})")
+            return opt.out if store.png else store.npz_path
     return None
 
 

@@ -16,6 +16,7 @@ import json
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from rich.console import Console
 from rich.markup import escape
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -40,10 +42,10 @@ from jitrs import rundir
 from jitrs.atomic import atomic_write_text, writable_dir
 from jitrs.builtin import builtin_name, data_root
 from jitrs.checkpoint import checkpoint_payload
-from jitrs.dataset import ImageIndex, build_index
+from jitrs.dataset import ImageIndex, build_index, image_root
 from jitrs.device import Dist, decode_threads, setup_distributed
 from jitrs.ema import EMA
-from jitrs.errors import UserError
+from jitrs.errors import UserError, WriteFailure
 from jitrs.flow import CFG_INTERVAL, Flow
 from jitrs.grid import write_labelled_grid
 from jitrs.loader import Loader, Plan
@@ -221,25 +223,71 @@ class StopFlag:
 #################################################################################
 
 
-def train(cfg: TrainConfig, resume: tuple[Path, Any] | None = None) -> None:
-    """Run (or resume) training as configured; see the module docstring. Raises UserError on bad input."""
+def train(cfg: TrainConfig, resume: tuple[Path, Any] | None = None) -> int:
+    """Run (or resume) training as configured; see the module docstring. Raises UserError on bad input.
+
+    Returns the exit code: 0 when the run finished, 128 + the signal's number when SIGINT/SIGTERM stopped it
+    (after it saved a checkpoint)."""
     cfg.validate()
+    if cfg.init and cfg.resume:
+        raise UserError(REFUSE_INIT_WITH_RESUME)
     resume = resume or (load_resume(cfg.resume) if cfg.resume else None)
     d = setup_distributed(cfg.device)
     if cfg.fsdp and d.world == 1:
         raise UserError("--fsdp shards over several processes: launch with torchrun --nproc_per_node=N")
+    assert cfg.data is not None  # TrainConfig.validate
+    image_root(data_root(cfg.data))  # a missing --data is reported before --out is created or locked
     try:
-        run = Run(cfg, d, resume)
-        resume = None  # the checkpoint's tensors are in the model and optimiser now: let the host copy go
-        try:
-            done = run.loop()
-            score = run.final_score(done)
-        finally:
-            run.close()
-        run.summary(done, score)
+        with claim_run_dir(cfg, d, resume):
+            run = Run(cfg, d, resume)
+            resume = None  # the checkpoint's tensors are in the model and optimiser now: let the host copy go
+            try:
+                done = run.loop()
+                score = run.final_score(done)
+            finally:
+                run.close()
+            run.summary(done, score)
+            return 128 + run.stop_signal if run.stop_signal is not None else 0
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+REFUSE_INIT_WITH_RESUME = (
+    "--init and --resume exclude each other: --resume continues a run with its own weights and state, --init "
+    "starts a new run from weights"
+)
+
+
+@contextlib.contextmanager
+def claim_run_dir(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> Iterator[None]:
+    """Rank 0 locks --out for the whole job, refuses to train over another run in it (unless --overwrite, or a
+    --resume of that run), and removes temp files that a killed writer left there."""
+    if not d.main:
+        yield
+        return
+    out = Path(cfg.out)
+    writable_dir(out)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    with rundir.DirLock(out) as lock:
+        if lock.took_over:
+            console.print(f"took over the lock of {escape(lock.took_over)}, which is no longer running")
+        continuing = resume is not None and resume[0].parent.resolve() == out.resolve()
+        if rundir.holds_run(out) and not continuing:
+            if not cfg.overwrite:
+                newest = rundir.list_checkpoints(out)
+                what = f"a run (newest checkpoint: step {newest[-1][0]})" if newest else "a run's files"
+                raise UserError(
+                    f"already holds {what}; continue it with --resume {out}, start over with --overwrite, or "
+                    "choose another --out",
+                    param="out",
+                    value=out,
+                )
+            rundir.clear_run(out)
+            console.print(f"--overwrite: deleted the previous run's checkpoints and logs in {escape(str(out))}")
+        for stale in rundir.remove_stale_temps(out):
+            console.print(f"removed {escape(stale.name)}, the temp file of a write that was interrupted")
+        yield
 
 
 class Run:
@@ -256,7 +304,7 @@ class Run:
         if not d.main:
             index = open_index(cfg, self.run_dir)
         self.index: ImageIndex = index
-        init = jitrs.load_checkpoint(cfg.init) if cfg.init and resume is None else None
+        init = jitrs.load_checkpoint(rundir.resolve_checkpoint(cfg.init, "init")) if cfg.init else None
         self.base = resume[1] if resume else init
         self.s = resolve(
             cfg,
@@ -267,6 +315,13 @@ class Run:
             self.base.noise_scale if self.base else None,
         )
         self.plan = Plan(len(index), cfg.batch_size, self.s.accum, d.world, d.rank, cfg.seed, cfg.flip)
+        self.start_step = int(resume[1].step) if resume else 0
+        if resume is not None and self.start_step >= self.s.total_steps:
+            raise UserError(
+                f"the checkpoint {resume[0]} is at step {self.start_step} and the run's length is "
+                f"{self.s.total_steps} steps: give a longer --steps (or --epochs) to train on",
+                param="resume",
+            )
         cuda = d.device.type == "cuda"
         if cuda:  # TF32 for what runs outside bf16 autocast, as DiT does
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -277,7 +332,6 @@ class Run:
         except ValueError as e:
             raise UserError(f"--noise-scale/--p-std/--t-eps/--label-drop: {e}") from None
         self._build_model(cuda)
-        self.start_step = int(resume[1].step) if resume else 0
         self.log = RunLog(self.run_dir, self.start_step, self.s.total_steps, d.main)
         if d.device.type == "cpu":
             self.log.print("[yellow]warning:[/] training on the CPU; this is only practical for tiny models (--demo)")
@@ -310,6 +364,7 @@ class Run:
         self.last_ckpt: Path | None = resume[0] if resume else None
         self.last_samples: Path | None = None
         self.stopped = False
+        self.stop_signal: int | None = None
         self.base_name = self.base.name if self.base else None
         self.base = None  # as in train(): no reference to the loaded checkpoint outlives the setup
 
@@ -383,6 +438,7 @@ class Run:
             # the end, or a signal
             self.flush(done)
             self.stopped = done < s.total_steps
+            self.stop_signal = stop.signal if self.stopped else None
             self.last_ckpt = self.checkpoint(done)
             if cfg.sample_every and not self.stopped and done % cfg.sample_every:
                 self.last_samples = self.sample_grid(done)
@@ -493,7 +549,11 @@ class Run:
             rng={"seed": self.cfg.seed},
             train_config=self.cfg.to_dict(),
         )
-        jitrs.save_checkpoint(path, payload)
+        try:
+            jitrs.save_checkpoint(path, payload)
+        except OSError as e:
+            last = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was saved"
+            raise WriteFailure(f"cannot write {path}: {e.strerror or e}; {last}") from None
         if self.cfg.keep_last:
             for _, old in rundir.list_checkpoints(self.run_dir)[: -self.cfg.keep_last]:
                 old.unlink(missing_ok=True)

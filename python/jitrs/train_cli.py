@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from jitrs.errors import UserError
 from jitrs.train_config import TrainConfig, build_config, parse_model_args, read_config_file, resumed_defaults
 
 Opt = typer.Option
@@ -39,8 +40,15 @@ def train_command(
         str | None, Opt(help="Continue a run: a checkpoint file, or a run directory (its newest checkpoint).")
     ] = D.resume,
     init: Annotated[
-        str | None, Opt(help="Start from these weights (official checkpoint-*.pth, jitrs .pt or safetensors).")
+        str | None,
+        Opt(
+            help="Start a new run from these weights: official checkpoint-*.pth, jitrs .pt or .safetensors, or a run "
+            "directory (its newest checkpoint)."
+        ),
     ] = D.init,
+    overwrite: Annotated[
+        bool, Opt(help="Start over in an --out that already holds a run, deleting that run's checkpoints and logs.")
+    ] = D.overwrite,
     config: Annotated[Path | None, Opt(help="TOML or YAML file of options; command-line flags override it.")] = None,
     demo: Annotated[
         bool, Opt(help="Small JiT on builtin:mnist, under 10 minutes on a 2-core CPU, with a quality score.")
@@ -93,8 +101,12 @@ def train_command(
         int, Opt(help="Batches decoded concurrently (each into its own pinned buffers).")
     ] = D.loader_workers,
     device: Annotated[str | None, Opt(help="cuda, cpu, ... (default: cuda when available, else cpu).")] = D.device,
-) -> None:
-    """Train a JiT on an image folder (single GPU, or under torchrun for DDP/FSDP)."""
+) -> int:
+    """Train a JiT on an image folder (single GPU, or under torchrun for DDP/FSDP).
+
+    Exit codes: 0 the run finished; 2 bad input (one line says what); 1 a file could not be written; 130 / 143
+    stopped by SIGINT / SIGTERM after saving a checkpoint (continue with --resume RUN).
+    """
     values = dict(locals())
     explicit = {}
     for name, value in values.items():
@@ -107,13 +119,14 @@ def train_command(
             explicit["model_args"] = parse_model_args(value or [])
         else:
             explicit[name] = value
-    from jitrs.train import load_resume, train
+    from jitrs.train import REFUSE_INIT_WITH_RESUME, load_resume, train
 
     file_options = read_config_file(config) if config is not None else {}
     resume_path = explicit.get("resume", file_options.get("resume"))
     if resume_path is None:
-        train(build_config(explicit, file_options, demo, D.to_dict()))
-        return
+        return train(build_config(explicit, file_options, demo, D.to_dict()))
+    if explicit.get("init", file_options.get("init")) is not None:
+        raise UserError(REFUSE_INIT_WITH_RESUME)
     checkpoint, ckpt = load_resume(resume_path)
     defaults = resumed_defaults(resume_path, ckpt.raw["train_config"], checkpoint)
-    train(build_config(explicit, file_options, demo, defaults), resume=(checkpoint, ckpt))
+    return train(build_config(explicit, file_options, demo, defaults), resume=(checkpoint, ckpt))

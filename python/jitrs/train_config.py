@@ -37,6 +37,7 @@ class TrainConfig:
     steps: int | None = None
     resume: str | None = None
     init: str | None = None
+    overwrite: bool = False  # start over in an --out that holds a run, deleting that run's files
     blr: float = 5e-5
     warmup_epochs: float = 5.0
     schedule: str = "constant"
@@ -195,5 +196,5 @@ def build_config(
 def resumed_defaults(resume: str, saved: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     """The defaults of a resumed run: the run's own saved options, writing on into the checkpoint's directory."""
     defaults = {k: v for k, v in saved.items() if k in _FIELDS}
-    defaults.update(resume=resume, out=str(checkpoint.parent))
+    defaults.update(resume=resume, out=str(checkpoint.parent), overwrite=False)
     return defaults
