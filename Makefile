@@ -11,8 +11,8 @@ help: ## list the targets
 setup: ## create .venv and build jitrs into it (release)
 	@scripts/setup.sh
 
-demo: setup ## train a small JiT on builtin:mnist on the CPU (~10 min) and score its samples
-	$(PY) -m jitrs train --demo --out runs/demo
+demo: setup ## train a small JiT on builtin:mnist on the CPU (~10 min), score its samples; starts runs/demo over
+	$(PY) -m jitrs train --demo --out runs/demo --overwrite
 
 test: setup lint test-rust test-python ## the whole test suite: lint, cargo test, pytest
 
