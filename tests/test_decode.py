@@ -358,6 +358,6 @@ def test_max_pixels_is_a_limit_on_the_declared_size(photo: Image.Image) -> None:
 
 def test_bad_arguments_raise_type_and_value_errors(real_photo: Path) -> None:
     with pytest.raises(TypeError, match="source must be a path"):
-        jitrs.decode(123)  # type: ignore[arg-type]
+        jitrs.decode(123)
     with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
         jitrs.decode(real_photo, max_pixels=0)

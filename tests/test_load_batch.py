@@ -110,7 +110,7 @@ def test_out_may_be_a_view_of_a_larger_buffer(image_files: list[Path]) -> None:
 )
 def test_unusable_out_is_refused(image_files: list[Path], out: object, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
-        jitrs.load_batch(image_files[:2], 32, out=out)  # type: ignore[call-overload]
+        jitrs.load_batch(image_files[:2], 32, out=out)
 
 
 def test_read_only_out_is_refused(image_files: list[Path]) -> None:
@@ -199,14 +199,14 @@ def test_bad_arguments_are_refused(
 ) -> None:
     arguments: dict[str, object] = {"paths": image_files[:2], "size": 32, **kwargs}
     with pytest.raises(error, match=message):
-        jitrs.load_batch(**arguments)  # type: ignore[call-overload]
+        jitrs.load_batch(**arguments)
 
 
 def test_paths_must_be_a_sequence_of_paths(image_files: list[Path]) -> None:
     with pytest.raises(TypeError, match="not a single str"):
-        jitrs.load_batch(str(image_files[0]), 32)  # type: ignore[call-overload]
+        jitrs.load_batch(str(image_files[0]), 32)
     with pytest.raises(TypeError, match=r"paths\[1\] must be a str or os.PathLike, got int"):
-        jitrs.load_batch([image_files[0], 3], 32)  # type: ignore[list-item]
+        jitrs.load_batch([image_files[0], 3], 32)
 
 
 def test_max_pixels_applies_to_each_image(image_files: list[Path]) -> None:

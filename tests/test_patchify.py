@@ -188,6 +188,28 @@ def test_unusable_out_is_refused_before_anything_is_written():
         jitrs.unpatchify(good[:, :3], 4, 8, 8, out=np.zeros((2, 8, 8, 3), np.float32))
 
 
+def test_out_in_the_same_buffer_as_the_input_but_apart_from_it_is_accepted():
+    x = np.arange(2 * 8 * 8 * 3, dtype=np.float32).reshape(2, 8, 8, 3)
+    buffer = np.zeros(2 * x.size, np.float32)
+    src, out = buffer[: x.size].reshape(x.shape), buffer[x.size :].reshape(2, 4, 48)
+    src[...] = x
+    assert jitrs.patchify(src, 4, out=out) is out
+    np.testing.assert_array_equal(out, ref_patchify(x, 4))
+    np.testing.assert_array_equal(src, x)
+
+
+def test_a_batch_of_several_chunks_is_exact():
+    """Outputs over 64 MiB are produced in chunks of the batch (Ctrl-C is checked between them); a reversed batch
+    axis makes each chunk start from a different place in the input."""
+    rng = np.random.default_rng(6)
+    x = random_bits(rng, (44, 256, 256, 3), np.float64)[::-1]
+    want = ref_patchify(x, 16)
+    assert want.nbytes > 64 << 20
+    tokens = jitrs.patchify(x, 16)
+    np.testing.assert_array_equal(bits(tokens), bits(want))
+    np.testing.assert_array_equal(bits(jitrs.unpatchify(tokens, 16, 256, 256)), bits(x))
+
+
 def test_unaligned_and_byteswapped_inputs():
     x = np.random.default_rng(3).standard_normal((8, 8, 3)).astype(np.float32)
     raw = bytearray(x.nbytes + 1)

@@ -1,5 +1,6 @@
 """jitrs.write_pngs / jitrs.write_png: exact round trips through Pillow, atomic replacement, errors."""
 
+import errno
 import os
 import re
 import threading
@@ -11,6 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 import jitrs
+from jitrs.atomic import FILE_MODE
 
 
 def read(path: Path) -> np.ndarray:
@@ -134,6 +136,28 @@ def test_failures_leave_no_temporary_file_and_report_the_first(tmp_path):
     # The other files are still written; the failed one's temporary file is gone.
     assert sorted(os.listdir(tmp_path)) == ["ok.png", "ok2.png", "taken"]
     assert os.listdir(tmp_path / "taken") == []
+
+
+def test_a_path_in_a_missing_directory_mid_batch_leaves_no_partial_or_temporary_file(tmp_path):
+    images = np.random.default_rng(2).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    paths = [tmp_path / "0.png", tmp_path / "1.png", tmp_path / "missing" / "2.png", tmp_path / "3.png"]
+    paths.append(tmp_path / "4.png")
+    with pytest.raises(FileNotFoundError) as info:
+        jitrs.write_pngs(images, paths, threads=2)
+    # As Python's own open() raises it: errno and filename set, the destination named, not a temporary file.
+    assert info.value.errno == errno.ENOENT
+    assert info.value.filename == str(paths[2])
+    assert sorted(os.listdir(tmp_path)) == ["0.png", "1.png", "3.png", "4.png"]
+    for path, image in zip(paths, images, strict=True):
+        if path.parent == tmp_path:
+            np.testing.assert_array_equal(read(path), image)
+
+
+def test_files_get_the_mode_of_the_atomic_policy(tmp_path):
+    jitrs.write_png(tmp_path / "one.png", np.zeros((2, 2), np.uint8))
+    jitrs.write_pngs(np.zeros((1, 2, 2, 3), np.uint8), [tmp_path / "two.png"])
+    for name in ["one.png", "two.png"]:
+        assert (tmp_path / name).stat().st_mode & 0o777 == FILE_MODE
 
 
 def test_parent_is_a_file(tmp_path):

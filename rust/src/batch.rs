@@ -1,21 +1,15 @@
 //! `load_batch`: decode + ADM center crop (+ horizontal flip) of many image files in parallel,
 //! straight into one `(B, size, size, 3)` uint8 buffer.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
-use rayon::{ThreadPool, ThreadPoolBuilder};
+use rayon::ThreadPool;
 
 use crate::crop;
 use crate::decode::Decoder;
 use crate::error::Error;
-
-/// The most worker threads one pool may have: far above any core count, low enough that a typo
-/// cannot make us spawn a million threads.
-pub const MAX_THREADS: usize = 1024;
 
 /// What to do when an image cannot be loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,55 +110,11 @@ pub fn load_batch_into(
     Ok(failures)
 }
 
-/// The default worker count: every core this process may use.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Pools by thread count, built once and shared by every later call, tagged with the process id.
-type PoolCache = Option<(u32, HashMap<usize, Arc<ThreadPool>>)>;
-static POOLS: Mutex<PoolCache> = Mutex::new(None);
-
-/// A rayon pool of `threads` workers, built on first use and then reused.
-///
-/// After a `fork()` (a PyTorch DataLoader worker, say) the child inherits the cache but not the
-/// pool threads, so a child builds its own pools instead of waiting on threads that do not exist.
-pub fn thread_pool(threads: usize) -> Result<Arc<ThreadPool>, Error> {
-    if !(1..=MAX_THREADS).contains(&threads) {
-        return Err(Error::InvalidArgument(format!(
-            "threads must be between 1 and {MAX_THREADS}, got {threads}"
-        )));
-    }
-    let mut cache = POOLS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let pid = std::process::id();
-    if cache.as_ref().is_some_and(|(owner, _)| *owner != pid) {
-        // The parent's pools: their threads are not in this process. Leak rather than drop them,
-        // since dropping would signal threads that are not there.
-        std::mem::forget(cache.take());
-    }
-    let (_, pools) = cache.get_or_insert_with(|| (pid, HashMap::new()));
-    if let Some(pool) = pools.get(&threads) {
-        return Ok(Arc::clone(pool));
-    }
-    let pool = ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("jitrs-load-{i}"))
-        .build()
-        .map_err(|e| Error::ThreadPool {
-            threads,
-            reason: e.to_string(),
-        })?;
-    let pool = Arc::new(pool);
-    pools.insert(threads, Arc::clone(&pool));
-    Ok(pool)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decode::{decode_file, DEFAULT_MAX_PIXELS};
+    use crate::pool::thread_pool;
     use turbojpeg::{Compressor, Image, PixelFormat};
 
     fn write_jpeg(dir: &Path, name: &str, width: usize, height: usize) -> PathBuf {
@@ -213,7 +163,7 @@ mod tests {
         let flips = [false, false, true, true];
         let size = 16;
         let mut out = vec![7u8; paths.len() * size * size * 3];
-        let pool = thread_pool(2).expect("pool");
+        let pool = thread_pool(Some(2)).expect("pool");
         let failures = load_batch_into(
             &paths,
             size,
@@ -238,7 +188,7 @@ mod tests {
 
     #[test]
     fn mismatched_lengths_are_refused() {
-        let pool = thread_pool(1).expect("pool");
+        let pool = thread_pool(Some(1)).expect("pool");
         let paths = vec![PathBuf::from("x.jpg")];
         let mut out = vec![0; 10];
         let result = load_batch_into(
@@ -262,14 +212,5 @@ mod tests {
             &mut out,
         );
         assert!(matches!(result, Err(Error::InvalidArgument(_))));
-    }
-
-    #[test]
-    fn pools_are_cached_per_thread_count() {
-        let a = thread_pool(3).expect("pool");
-        let b = thread_pool(3).expect("pool");
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(a.current_num_threads(), 3);
-        assert!(matches!(thread_pool(0), Err(Error::InvalidArgument(_))));
     }
 }

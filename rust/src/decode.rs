@@ -160,7 +160,7 @@ fn read_file(path: &Path, buf: &mut Vec<u8>) -> Result<(), Error> {
         std::io::ErrorKind::NotFound => Error::NotFound {
             path: path.to_path_buf(),
         },
-        _ => Error::Io {
+        _ => Error::Read {
             path: path.to_path_buf(),
             source,
         },

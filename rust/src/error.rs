@@ -1,18 +1,30 @@
-//! The crate's error type. Each variant maps to one Python exception in the bindings
-//! (`python/image.rs`), so a caller can catch exactly the failure it cares about.
+//! The crate's one error type. Each variant maps to one Python exception, in one place
+//! (`python/error.rs`), so a caller can catch exactly the failure it cares about.
 
 use std::path::PathBuf;
 
-/// Everything the data path can fail with.
+use crate::patchify::PatchError;
+
+/// Everything the core can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The file does not exist (Python: `FileNotFoundError`).
+    /// The file to read does not exist (Python: `FileNotFoundError`).
     #[error("{}: no such file", path.display())]
     NotFound { path: PathBuf },
 
-    /// The file exists but could not be read: permissions, a directory, an I/O failure (Python: `OSError`).
+    /// The file exists but could not be read: permissions, a directory, an I/O failure (Python: the
+    /// `OSError` subclass of the errno).
     #[error("cannot read {}: {source}", path.display())]
-    Io {
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file could not be written (Python: the `OSError` subclass of the errno). `path` is the
+    /// destination, never the temporary file it was being written through.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -25,6 +37,19 @@ pub enum Error {
         origin: String,
         reason: DecodeFailure,
     },
+
+    /// The PNG encoder refused the image (Python: `ValueError`).
+    #[error("cannot encode {} as PNG: {source}", path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: png::EncodingError,
+    },
+
+    /// Arrays whose shapes do not fit a patchify/unpatchify; `context` names the call and its
+    /// arguments (Python: `ValueError`).
+    #[error("{context}: {reason}")]
+    Shape { context: String, reason: PatchError },
 
     /// A caller passed an unusable argument (Python: `ValueError`).
     #[error("{0}")]

@@ -9,6 +9,7 @@ pub mod decode;
 pub mod error;
 pub mod patchify;
 pub mod png;
+pub mod pool;
 pub mod resample;
 
 #[cfg(feature = "python")]

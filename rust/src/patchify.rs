@@ -120,6 +120,24 @@ impl<'a, T, const N: usize> Strided<'a, T, N> {
     pub fn shape(&self) -> [usize; N] {
         self.shape
     }
+
+    /// The items `range` of the first axis (a chunk of a batch), as a view of the same buffer.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Result<Self, PatchError> {
+        let out_of_bounds = PatchError::OutOfBounds {
+            len: self.data.len(),
+        };
+        if range.start > range.end || range.end > self.shape[0] {
+            return Err(out_of_bounds);
+        }
+        let mut shape = self.shape;
+        shape[0] = range.len();
+        if shape.contains(&0) {
+            return Self::new(self.data, self.offset, shape, self.strides);
+        }
+        let offset = self.offset as i128 + range.start as i128 * self.strides[0] as i128;
+        let offset = usize::try_from(offset).map_err(|_| out_of_bounds)?;
+        Self::new(self.data, offset, shape, self.strides)
+    }
 }
 
 /// Patch tokens of images viewed as (B, H, W, C) (a channel-first array is passed as a view with
@@ -527,7 +545,7 @@ impl Plan {
 }
 
 /// Copies the view (`src`, `offset`, `dims`, `strides`) into `out` in row-major order of `dims`,
-/// on rayon threads when the output is large.
+/// on the threads of the current rayon pool (the caller's `ThreadPool::install`) when the output is large.
 fn strided_copy<T: Copy + Send + Sync>(
     src: &[T],
     offset: usize,
@@ -864,5 +882,29 @@ mod tests {
                 expected: 90
             })
         );
+    }
+
+    #[test]
+    fn chunks_of_a_batch_patchify_to_slices_of_the_whole() {
+        let (b, h, w, c, p) = (5usize, 8usize, 8usize, 3usize, 4usize);
+        let img = iota(b * h * w * c);
+        let item = h * w * c;
+        // Batch order reversed (negative first stride), as x[::-1] passes it.
+        let view = Strided::new(
+            &img,
+            (b - 1) * item,
+            [b, h, w, c],
+            [-(item as isize), (w * c) as isize, c as isize, 1],
+        )
+        .unwrap();
+        let mut whole = vec![0; img.len()];
+        patchify(&view, p, &mut whole).unwrap();
+        let mut chunked = vec![0; img.len()];
+        for range in [0..2, 2..2, 2..5] {
+            let out = &mut chunked[range.start * item..range.end * item];
+            patchify(&view.rows(range).unwrap(), p, out).unwrap();
+        }
+        assert!(chunked == whole);
+        assert!(view.rows(4..6).is_err());
     }
 }

@@ -5,23 +5,15 @@
 //! default) for files ~12% larger; fdeflate with the adaptive filter is ~10% slower for files <1%
 //! smaller, and zlib level 1 is ~3.5× slower for files ~2% smaller.
 
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use png::{BitDepth, ColorType, DeflateCompression, Filter};
 use rayon::prelude::*;
-use thiserror::Error;
+use rayon::ThreadPool;
 
-#[derive(Debug, Error)]
-pub enum PngError {
-    #[error("cannot write {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    #[error("cannot encode {} as PNG: {source}", path.display())]
-    Encode {
-        path: PathBuf,
-        source: png::EncodingError,
-    },
-}
+use crate::error::Error;
 
 /// One 8-bit image, row-major and contiguous: `data.len() == height * width * channels`.
 #[derive(Debug, Clone, Copy)]
@@ -50,15 +42,17 @@ pub fn encode(image: &Image<'_>, out: &mut Vec<u8>) -> Result<(), png::EncodingE
     writer.finish()
 }
 
-/// Encodes `image` and writes it to `path` atomically: the bytes go to a temporary file in the same
-/// directory, which is renamed over `path` only once complete (and removed on any failure), so no
-/// reader ever sees a half-written file under `path`. `buf` is reused scratch space.
-pub fn write_png(path: &Path, image: &Image<'_>, buf: &mut Vec<u8>) -> Result<(), PngError> {
-    encode(image, buf).map_err(|source| PngError::Encode {
+/// Encodes `image` and writes it to `path` atomically, the policy of `jitrs.atomic` on the Python side:
+/// the bytes go to a temporary `.NAME.*.tmp` file in the same directory, which is fsynced, renamed over
+/// `path` and its directory fsynced. A reader sees the old file or the new one, never a torn one; on
+/// any failure the temporary file is removed. The file gets mode `0o666 & !umask`, as
+/// `jitrs.atomic.FILE_MODE`. `buf` is reused scratch space.
+pub fn write_png(path: &Path, image: &Image<'_>, buf: &mut Vec<u8>) -> Result<(), Error> {
+    encode(image, buf).map_err(|source| Error::Encode {
         path: path.to_owned(),
         source,
     })?;
-    let io_err = |source: io::Error| PngError::Io {
+    let write_error = |source: io::Error| Error::Write {
         path: path.to_owned(),
         source,
     };
@@ -66,38 +60,48 @@ pub fn write_png(path: &Path, image: &Image<'_>, buf: &mut Vec<u8>) -> Result<()
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let prefix = format!(".{name}.");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
-    // tempfile's default mode is 0600; a saved image should get the usual 0666 & !umask.
-    #[cfg(unix)]
-    builder
-        .permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666));
-    let mut tmp = builder.tempfile_in(dir).map_err(io_err)?;
-    tmp.write_all(buf).map_err(io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".");
+    // `make_in` with our own open keeps the OS error as it is (errno included, so Python raises the
+    // right OSError subclass); `tempfile_in` would wrap it, naming the temporary path instead.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .make_in(dir, |tmp_path| {
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o666);
+            options.open(tmp_path)
+        })
+        .map_err(write_error)?;
+    // Through the `File`: `NamedTempFile`'s own `Write` would wrap errors too.
+    let file = tmp.as_file_mut();
+    file.write_all(buf).map_err(write_error)?;
+    file.sync_all().map_err(write_error)?;
+    // On failure the returned error owns the temporary file; dropping it deletes the file.
+    tmp.persist(path).map_err(|e| write_error(e.error))?;
+    sync_dir(dir);
     Ok(())
 }
 
-/// Writes each image to its path (as `write_png`) on `pool`, or on rayon's global pool (all cores).
+/// Makes a rename in `dir` durable. Best effort, as in `jitrs.atomic`: some filesystems cannot open
+/// or fsync a directory, and the rename is atomic without it.
+fn sync_dir(dir: &Path) {
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Writes each image to its path (as `write_png`) on `pool`.
 /// Every file is attempted; the error returned is the first failure in input order.
-pub fn write_pngs(
-    jobs: &[(PathBuf, Image<'_>)],
-    pool: Option<&rayon::ThreadPool>,
-) -> Result<(), PngError> {
-    let run = || {
+pub fn write_pngs(jobs: &[(PathBuf, Image<'_>)], pool: &ThreadPool) -> Result<(), Error> {
+    let results: Vec<Result<(), Error>> = pool.install(|| {
         jobs.par_iter()
             .map_init(Vec::new, |buf, (path, image)| write_png(path, image, buf))
-            .collect::<Vec<_>>()
-    };
-    let results = match pool {
-        Some(pool) => pool.install(run),
-        None => run(),
-    };
+            .collect()
+    });
     results.into_iter().collect()
 }
 
@@ -174,22 +178,68 @@ mod tests {
                 )
             })
             .collect();
-        write_pngs(&jobs, None).unwrap();
+        let pool = crate::pool::thread_pool(Some(2)).unwrap();
+        write_pngs(&jobs, &pool).unwrap();
         for (path, image) in &jobs {
             assert_eq!(decode(path).1, image.data);
         }
         jobs[3].0 = dir.path().join("missing/a.png");
         jobs[7].0 = dir.path().join("missing/b.png");
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        match write_pngs(&jobs, Some(&pool)) {
-            Err(PngError::Io { path, source }) => {
+        match write_pngs(&jobs, &pool) {
+            Err(Error::Write { path, source }) => {
                 assert_eq!(path, dir.path().join("missing/a.png"));
                 assert_eq!(source.kind(), io::ErrorKind::NotFound);
             }
             other => panic!("expected a NotFound error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_neither_a_partial_file_nor_a_temporary_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = dir.path().join("taken");
+        std::fs::create_dir(&taken).unwrap();
+        let data = gradient(4, 4, 3);
+        let image = Image {
+            data: &data,
+            width: 4,
+            height: 4,
+            grey: false,
+        };
+        // The rename over a directory fails after the bytes were written and synced.
+        match write_png(&taken, &image, &mut Vec::new()) {
+            Err(Error::Write { path, source }) => {
+                assert_eq!(path, taken);
+                assert!(source.raw_os_error().is_some(), "errno kept: {source:?}");
+            }
+            other => panic!("expected a write error, got {other:?}"),
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["taken"]);
+        assert_eq!(std::fs::read_dir(&taken).unwrap().count(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_get_the_mode_of_any_new_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = gradient(2, 2, 1);
+        let image = Image {
+            data: &data,
+            width: 2,
+            height: 2,
+            grey: true,
+        };
+        let path = dir.path().join("a.png");
+        write_png(&path, &image, &mut Vec::new()).unwrap();
+        // `File::create` opens with 0o666 and the kernel applies the umask: the mode we must match.
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&plain));
     }
 }

@@ -4,22 +4,23 @@ use std::path::PathBuf;
 
 use numpy::ndarray::{Array3, Array4};
 use numpy::{IntoPyArray, PyArray3, PyArray4, PyArrayMethods};
-use pyo3::create_exception;
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::arrays::{checked_out, type_name};
+use super::error::DecodeError;
+use super::parallel::{detach_in_chunks, pool};
 use crate::batch::{self, OnError};
 use crate::decode::{decode_bytes, decode_file, DEFAULT_MAX_PIXELS};
 use crate::error::Error;
 
-create_exception!(
-    jitrs,
-    DecodeError,
-    PyValueError,
-    "An image could not be decoded: corrupt, truncated, not a JPEG/PNG, or larger than max_pixels."
-);
+/// Images per worker thread in one GIL-free chunk of `load_batch`: enough that waiting for a chunk's
+/// last images costs little, few enough that Ctrl-C is honoured within a fraction of a second.
+const IMAGES_PER_THREAD_PER_CHUNK: usize = 16;
+
+// The `max_pixels` defaults are written out so that `__text_signature__` (and `help()`) show the number.
+const _: () = assert!(DEFAULT_MAX_PIXELS == 178956970);
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DecodeError", m.py().get_type::<DecodeError>())?;
@@ -27,28 +28,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(load_batch, m)?)?;
     Ok(())
-}
-
-/// The Python exception for each core error.
-fn to_pyerr(error: Error) -> PyErr {
-    let message = error.to_string();
-    match error {
-        Error::NotFound { path } => PyFileNotFoundError::new_err((
-            2,
-            "No such file or directory",
-            path.display().to_string(),
-        )),
-        // OSError(errno, ...) picks the matching subclass itself (PermissionError, IsADirectoryError).
-        Error::Io { path, source } => match source.raw_os_error() {
-            Some(errno) => {
-                PyOSError::new_err((errno, source.to_string(), path.display().to_string()))
-            }
-            None => PyOSError::new_err(message),
-        },
-        Error::Decode { .. } => DecodeError::new_err(message),
-        Error::InvalidArgument(_) => PyValueError::new_err(message),
-        Error::ThreadPool { .. } => PyRuntimeError::new_err(message),
-    }
 }
 
 fn positive(name: &str, value: i64) -> PyResult<u64> {
@@ -60,9 +39,27 @@ fn positive(name: &str, value: i64) -> PyResult<u64> {
         })
 }
 
-/// Decodes a JPEG or PNG (path or bytes) into a `(H, W, 3)` uint8 RGB array.
+/// Decode a JPEG or PNG file (or its bytes) into RGB, pixel-identical to Pillow's
+/// `Image.open(source).convert('RGB')`.
+///
+/// The format is told by content, not by file name. Grayscale, CMYK/YCCK JPEGs and PNGs of every mode
+/// are converted to RGB as Pillow converts them (alpha dropped, not composited); 16-bit PNG samples
+/// keep their high byte (for 16-bit gray Pillow clamps at 255 instead). EXIF orientation is not applied,
+/// as Pillow's open/convert does not apply it. A truncated file is an error, as in Pillow by default.
+///
+/// Args:
+///     source: a path (str or os.PathLike) or the encoded bytes.
+///     max_pixels: refuse, before allocating, an image whose header declares more pixels than this.
+///
+/// Returns:
+///     (H, W, 3) uint8 array, C-contiguous.
+///
+/// Raises:
+///     FileNotFoundError: the file does not exist (other read failures raise OSError).
+///     DecodeError: empty, truncated, corrupt, not a JPEG/PNG, or over max_pixels; the message names
+///         the file and the reason.
 #[pyfunction]
-#[pyo3(signature = (source, max_pixels = DEFAULT_MAX_PIXELS as i64))]
+#[pyo3(signature = (source, max_pixels = 178956970))]
 fn decode<'py>(
     py: Python<'py>,
     source: &Bound<'py, PyAny>,
@@ -75,25 +72,48 @@ fn decode<'py>(
             .map_err(|reason| Error::Decode {
                 origin: "the image bytes".into(),
                 reason,
-            })
+            })?
     } else if let Ok(path) = source.extract::<PathBuf>() {
-        py.detach(|| decode_file(&path, max_pixels))
+        py.detach(|| decode_file(&path, max_pixels))?
     } else {
         return Err(PyTypeError::new_err(format!(
             "decode: source must be a path (str or os.PathLike) or bytes, got {}",
-            source.get_type().name()?
+            type_name(source)
         )));
-    }
-    .map_err(to_pyerr)?;
+    };
     let array = Array3::from_shape_vec((image.height, image.width, 3), image.pixels)
         .map_err(|e| PyRuntimeError::new_err(format!("decode: {e}")))?;
     Ok(array.into_pyarray(py))
 }
 
-/// Loads a batch of image files: decode, ADM center crop, optional flip; `(B, size, size, 3)` uint8.
+/// Load image files as a training batch: decode, ADM center crop to `size`, optional flip.
+///
+/// Images are processed in parallel on a cached pool of `threads` workers (default: all cores), with
+/// the GIL released; Ctrl-C raises KeyboardInterrupt within a few images per thread. Each image equals
+/// `decode(path)` center-cropped the ADM way (as the official JiT data pipeline does with Pillow),
+/// mirrored left-right where `flip[i]`.
+///
+/// Args:
+///     paths: B image files (JPEG or PNG, told by content).
+///     size: output side in pixels.
+///     flip: B bools; True mirrors that image left-right. None: no flips.
+///     threads: worker threads, 1 to 1024; None uses every core.
+///     out: optional C-contiguous writable (B, size, size, 3) uint8 array (pinned host memory, say),
+///         filled in place and returned.
+///     on_error: "raise" raises for the first bad file by index (out's contents are then unspecified);
+///         "skip" zeroes bad images' slots and returns `(batch, [(index, reason), ...])`.
+///     max_pixels: per-image decompression-bomb guard, as in `decode`.
+///
+/// Returns:
+///     (B, size, size, 3) uint8 array, or with on_error="skip" the tuple `(batch, failures)`.
+///
+/// Raises:
+///     FileNotFoundError, OSError, DecodeError: a bad file, with on_error="raise".
+///     TypeError: out is not a uint8 numpy array, or paths/flip hold the wrong types.
+///     ValueError: a wrong out shape or layout, a flip length other than B, a bad option value.
 #[pyfunction]
 #[pyo3(signature = (paths, size, flip = None, threads = None, out = None, on_error = "raise",
-                    max_pixels = DEFAULT_MAX_PIXELS as i64))]
+                    max_pixels = 178956970))]
 #[allow(clippy::too_many_arguments)]
 fn load_batch<'py>(
     py: Python<'py>,
@@ -109,10 +129,6 @@ fn load_batch<'py>(
     let size = usize::try_from(positive("size", size)?)
         .map_err(|_| PyValueError::new_err(format!("size is too large: {size}")))?;
     let flips = flip_list(flip, paths.len())?;
-    let threads = match threads {
-        None => batch::default_threads(),
-        Some(n) => usize::try_from(n).unwrap_or(0),
-    };
     let on_error = match on_error {
         "raise" => OnError::Raise,
         "skip" => OnError::Skip,
@@ -123,7 +139,7 @@ fn load_batch<'py>(
         }
     };
     let max_pixels = positive("max_pixels", max_pixels)?;
-    let pool = batch::thread_pool(threads).map_err(to_pyerr)?;
+    let pool = pool(threads)?;
     let shape = [paths.len(), size, size, 3];
     let Some(total) = shape
         .iter()
@@ -135,11 +151,25 @@ fn load_batch<'py>(
         )));
     };
 
-    let run = |buffer: &mut [u8]| {
-        py.detach(|| {
-            batch::load_batch_into(&paths, size, &flips, max_pixels, on_error, &pool, buffer)
-        })
-        .map_err(to_pyerr)
+    let item = total / paths.len().max(1);
+    let chunk = pool.current_num_threads() * IMAGES_PER_THREAD_PER_CHUNK;
+    let run = |buffer: &mut [u8]| -> PyResult<batch::Failures> {
+        let mut failures = batch::Failures::new();
+        detach_in_chunks(py, paths.len(), chunk, |range| {
+            let found = batch::load_batch_into(
+                &paths[range.clone()],
+                size,
+                &flips[range.clone()],
+                max_pixels,
+                on_error,
+                &pool,
+                &mut buffer[range.start * item..range.end * item],
+            )?;
+            let go_on = on_error == OnError::Skip || found.is_empty();
+            failures.extend(found.into_iter().map(|(i, e)| (range.start + i, e)));
+            Ok(go_on)
+        })?;
+        Ok(failures)
     };
     let (batch, failures) = match out {
         Some(out) => {
@@ -164,7 +194,7 @@ fn load_batch<'py>(
     };
     match on_error {
         OnError::Raise => match failures.into_iter().next() {
-            Some((_, error)) => Err(to_pyerr(error)),
+            Some((_, error)) => Err(error.into()),
             None => Ok(batch),
         },
         OnError::Skip => {

@@ -1,10 +1,15 @@
 //! PyO3 bindings: `jitrs._native`. Only type conversion, validation, GIL release and error mapping.
+//!
+//! The Python docs of each function are its `///` comments here (they become `__doc__`); the stubs
+//! in `python/jitrs/_native.pyi` hold only the types.
 
 use pyo3::prelude::*;
 
 mod arrays;
 mod crop;
+mod error;
 mod image;
+mod parallel;
 mod png;
 mod tokens;
 

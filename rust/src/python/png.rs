@@ -1,25 +1,28 @@
-//! `write_pngs` / `write_png`: validate with the GIL held, then encode and write on rayon threads.
+//! `write_pngs` / `write_png`: validate with the GIL held, then encode and write on the worker threads.
 
-use std::io;
 use std::path::PathBuf;
 
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{
-    PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyNotADirectoryError, PyOSError,
-    PyPermissionError, PyRuntimeError, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-use super::arrays::{ascontiguous, dtype_str, numpy_array, shape_str};
-use crate::png::{self, Image, PngError};
+use super::arrays::{ascontiguous, dtype_str, numpy_array, shape_str, type_name};
+use super::parallel::{detach_in_chunks, pool};
+use crate::png::{self, Image};
+
+/// Images per worker thread in one GIL-free chunk of `write_pngs`: Ctrl-C is honoured between chunks.
+const IMAGES_PER_THREAD_PER_CHUNK: usize = 8;
 
 /// Write a batch of images as PNG files, in parallel, each file atomically.
 ///
-/// images: uint8 array (B, H, W, 3) RGB, or (B, H, W) / (B, H, W, 1) grey. paths: B str or
-/// os.PathLike. threads: worker threads (default: all cores). Each file is first written to a
-/// temporary file in its directory and renamed into place when complete. All files are attempted;
-/// the first failure (in input order) is raised as OSError (PermissionError, FileNotFoundError, ...).
+/// images: uint8 array (B, H, W, 3) RGB, or (B, H, W) / (B, H, W, 1) grey, any strides. paths: B str
+/// or os.PathLike. threads: worker threads, 1 to 1024 (default: all cores). Each file is written to a
+/// temporary file in its directory, fsynced and renamed into place, so a reader never sees a partial
+/// file, and a failed or interrupted write leaves none behind. Files get the mode of any new file
+/// (0o666 minus the umask). All files are attempted; the first failure (in input order) is raised as
+/// OSError (PermissionError, FileNotFoundError, ...) naming the file. Ctrl-C raises
+/// KeyboardInterrupt within a few images per thread; the files written until then are complete.
 #[pyfunction]
 #[pyo3(signature = (images, paths, threads = None))]
 pub fn write_pngs(
@@ -50,24 +53,11 @@ pub fn write_pngs(
         )));
     }
     let (width, height) = png_size("write_pngs: images", &shape, shape[2], shape[1])?;
-    let pool = match threads {
-        None => None,
-        Some(n) if n >= 1 => Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n as usize)
-                .build()
-                .map_err(|e| {
-                    PyRuntimeError::new_err(format!("write_pngs: cannot start {n} threads: {e}"))
-                })?,
-        ),
-        Some(n) => {
-            return Err(PyValueError::new_err(format!(
-                "write_pngs: threads must be >= 1, got {n}"
-            )))
-        }
-    };
+    let pool = pool(threads)?;
     let arr = contiguous_u8(arr, "write_pngs: images")?;
-    let readonly = arr.readonly();
+    let readonly = arr
+        .try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("write_pngs: images cannot be read: {e}")))?;
     let data = readonly.as_slice()?;
     let per_image = data.len() / shape[0].max(1);
     let jobs: Vec<(PathBuf, Image)> = paths
@@ -85,13 +75,23 @@ pub fn write_pngs(
             )
         })
         .collect();
-    py.detach(|| png::write_pngs(&jobs, pool.as_ref()))
-        .map_err(|e| to_pyerr("write_pngs", e))
+    let chunk = pool.current_num_threads() * IMAGES_PER_THREAD_PER_CHUNK;
+    let mut first_error = None;
+    detach_in_chunks(py, jobs.len(), chunk, |range| {
+        if let Err(error) = png::write_pngs(&jobs[range], &pool) {
+            first_error.get_or_insert(error);
+        }
+        Ok(true)
+    })?;
+    match first_error {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
 }
 
-/// Write one image as a PNG file, atomically (see `write_pngs`).
+/// Write one image as a PNG file, atomically (as `write_pngs` writes each file).
 ///
-/// image: uint8 array (H, W, 3) RGB, or (H, W) / (H, W, 1) grey.
+/// image: uint8 array (H, W, 3) RGB, or (H, W) / (H, W, 1) grey, any strides.
 #[pyfunction]
 pub fn write_png(py: Python<'_>, path: PathBuf, image: &Bound<'_, PyAny>) -> PyResult<()> {
     let arr = numpy_array(image, "write_png: image")?;
@@ -108,15 +108,16 @@ pub fn write_png(py: Python<'_>, path: PathBuf, image: &Bound<'_, PyAny>) -> PyR
     };
     let (width, height) = png_size("write_png: image", &shape, shape[1], shape[0])?;
     let arr = contiguous_u8(arr, "write_png: image")?;
-    let readonly = arr.readonly();
+    let readonly = arr
+        .try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("write_png: image cannot be read: {e}")))?;
     let image = Image {
         data: readonly.as_slice()?,
         width,
         height,
         grey,
     };
-    py.detach(|| png::write_png(&path, &image, &mut Vec::new()))
-        .map_err(|e| to_pyerr("write_png", e))
+    Ok(py.detach(|| png::write_png(&path, &image, &mut Vec::new()))?)
 }
 
 /// `paths` as a list; a lone str/bytes/PathLike is refused rather than iterated character by character.
@@ -125,29 +126,23 @@ fn path_list(paths: &Bound<'_, PyAny>) -> PyResult<Vec<PathBuf>> {
         || paths.is_instance_of::<PyBytes>()
         || paths.hasattr("__fspath__")?;
     let not_sequence = || {
-        Ok::<_, PyErr>(PyTypeError::new_err(format!(
+        PyTypeError::new_err(format!(
             "write_pngs: paths must be a sequence of str or os.PathLike, got {}",
-            paths.get_type().name()?
-        )))
+            type_name(paths)
+        ))
     };
     if lone {
-        return Err(not_sequence()?);
+        return Err(not_sequence());
     }
-    let Ok(items) = paths.try_iter() else {
-        return Err(not_sequence()?);
-    };
+    let items = paths.try_iter().map_err(|_| not_sequence())?;
     items
         .enumerate()
         .map(|(i, item)| {
             let item = item?;
             item.extract::<PathBuf>().map_err(|_| {
-                let kind = item
-                    .get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default();
                 PyTypeError::new_err(format!(
-                    "write_pngs: paths[{i}] must be a str or os.PathLike, got {kind}"
+                    "write_pngs: paths[{i}] must be a str or os.PathLike, got {}",
+                    type_name(&item)
                 ))
             })
         })
@@ -181,20 +176,4 @@ fn contiguous_u8<'py>(
         return Ok(typed.clone());
     }
     Ok(ascontiguous(&arr)?.cast_into::<PyArrayDyn<u8>>()?)
-}
-
-/// An OSError of the subclass matching the failure, naming the file.
-fn to_pyerr(func: &str, err: PngError) -> PyErr {
-    let msg = format!("{func}: {err}");
-    match err {
-        PngError::Encode { .. } => PyValueError::new_err(msg),
-        PngError::Io { source, .. } => match source.kind() {
-            io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
-            io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
-            io::ErrorKind::IsADirectory => PyIsADirectoryError::new_err(msg),
-            io::ErrorKind::NotADirectory => PyNotADirectoryError::new_err(msg),
-            io::ErrorKind::AlreadyExists => PyFileExistsError::new_err(msg),
-            _ => PyOSError::new_err(msg),
-        },
-    }
 }

@@ -1,17 +1,29 @@
-//! `patchify` / `unpatchify`: numpy in, numpy out, any strides, one rayon pass with the GIL released.
+//! `patchify` / `unpatchify`: numpy in, numpy out, any strides, on the worker threads with the GIL
+//! released, in chunks of the batch so Ctrl-C is honoured.
 //!
 //! The core only moves elements, so each dtype is handled as the unsigned integer of its size and the
-//! result is viewed back as the input's dtype (byte order included).
+//! result is viewed back as the input's dtype (byte order included). Both arrays are borrowed through
+//! the numpy crate (the input read-only, the output read-write), whose borrow checker refuses an
+//! output that shares memory with the input.
+
+use std::ops::Range;
 
 use numpy::{
-    Element, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
+    BorrowError, Element, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
+    PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::arrays::{ascontiguous, checked_out, dtype_str, numpy_array, shape_str};
+use super::parallel::{detach_in_chunks, pool};
+use crate::error::Error;
 use crate::patchify::{self as core_tokens, PatchError, Strided};
+
+/// Output bytes per GIL-free chunk of a batch: Ctrl-C waits at most one chunk (tens of milliseconds),
+/// and a chunk stays far above the sizes where the core's parallel and streaming paths switch on.
+const CHUNK_BYTES: usize = 64 << 20;
 
 /// Split images into JiT patch tokens.
 ///
@@ -55,7 +67,7 @@ pub fn patchify<'py>(
         strides = vec![strides[0], strides[2], strides[3], strides[1]];
     }
     let (b, h, w, c) = (dims[0], dims[1], dims[2], dims[3]);
-    core_tokens::check_grid(h, w, p).map_err(|e| shape_error(&context, e))?;
+    core_tokens::check_grid(h, w, p).map_err(|reason| shape_error(&context, reason))?;
     let tokens = (h / p) * (w / p);
     let out_shape = if batched {
         vec![b, tokens, p * p * c]
@@ -116,7 +128,7 @@ pub fn unpatchify<'py>(
     }
     let (b, n, d) = (dims[0], dims[1], dims[2]);
     let c = core_tokens::token_channels(n, d, p, height, width)
-        .map_err(|e| shape_error(&context, e))?;
+        .map_err(|reason| shape_error(&context, reason))?;
     let image = if channels_last {
         [height, width, c]
     } else {
@@ -155,10 +167,6 @@ enum Op {
     },
 }
 
-fn shape_error(context: &str, e: PatchError) -> PyErr {
-    PyValueError::new_err(format!("{context}: {e}"))
-}
-
 fn patch_size(context: &str, p: i64) -> PyResult<usize> {
     match usize::try_from(p) {
         Ok(p) if p >= 1 => Ok(p),
@@ -186,15 +194,46 @@ fn supported<'py>(
     }
 }
 
-/// The array itself when its elements can be read as aligned integers; otherwise (unaligned data, or
-/// strides that are not whole elements) an aligned contiguous copy.
+fn shape_error(context: &str, reason: PatchError) -> Error {
+    Error::Shape {
+        context: context.to_owned(),
+        reason,
+    }
+}
+
+/// The array itself when its elements can be read in place as aligned integers from one slice of
+/// memory (any order of the axes, negative strides included); otherwise (unaligned data, strides that
+/// are not whole elements, or gaps between elements, as in `x[:, 2:5]`) an aligned contiguous copy.
 fn readable(arr: Bound<'_, PyUntypedArray>) -> PyResult<Bound<'_, PyUntypedArray>> {
     let item = arr.dtype().itemsize() as isize;
-    if arr.is_aligned() && arr.strides().iter().all(|s| s % item == 0) {
+    let (shape, strides) = (arr.shape(), arr.strides());
+    if arr.is_aligned() && strides.iter().all(|s| s % item == 0) && dense(shape, strides, item) {
         Ok(arr)
     } else {
         ascontiguous(&arr)
     }
+}
+
+/// Whether the elements fill their span of memory with no gaps, whatever the order of the axes.
+fn dense(shape: &[usize], strides: &[isize], item: isize) -> bool {
+    if shape.contains(&0) {
+        return true;
+    }
+    let mut axes: Vec<(usize, usize)> = shape
+        .iter()
+        .zip(strides)
+        .filter(|&(&n, _)| n > 1)
+        .map(|(&n, &s)| (s.unsigned_abs(), n))
+        .collect();
+    axes.sort_unstable();
+    let mut step = item.unsigned_abs();
+    for (stride, n) in axes {
+        if stride != step {
+            return false;
+        }
+        step *= n;
+    }
+    true
 }
 
 /// Strides in elements; `readable` guarantees they divide exactly.
@@ -210,27 +249,27 @@ fn run<'py>(
     context: &str,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let what = match op {
+        Op::Patchify { .. } => "patchify: out=",
+        Op::Unpatchify { .. } => "unpatchify: out=",
+    };
     let out = out
-        .map(|out| {
-            let what = match op {
-                Op::Patchify { .. } => "patchify: out=",
-                Op::Unpatchify { .. } => "unpatchify: out=",
-            };
-            let checked = checked_out(out, what, out_shape, &arr.dtype())?;
-            if overlaps(byte_span(arr), byte_span(&checked)) {
-                return Err(PyValueError::new_err(format!(
-                    "{what} shares memory with the input; pass a separate array"
-                )));
-            }
-            Ok((out, checked))
-        })
+        .map(|out| Ok::<_, PyErr>((out, checked_out(out, what, out_shape, &arr.dtype())?)))
         .transpose()?;
     match arr.dtype().itemsize() {
-        1 => run_typed::<u8>(arr, op, out_shape, context, out),
-        2 => run_typed::<u16>(arr, op, out_shape, context, out),
-        4 => run_typed::<u32>(arr, op, out_shape, context, out),
-        _ => run_typed::<u64>(arr, op, out_shape, context, out),
+        1 => run_typed::<u8>(arr, op, out_shape, context, what, out),
+        2 => run_typed::<u16>(arr, op, out_shape, context, what, out),
+        4 => run_typed::<u32>(arr, op, out_shape, context, what, out),
+        _ => run_typed::<u64>(arr, op, out_shape, context, what, out),
     }
+}
+
+/// `arr` seen as an array of `T` (the same bytes: `T` is the unsigned integer of its item size).
+fn view_as<'py, T: Element>(arr: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let py = arr.py();
+    Ok(arr
+        .call_method1(intern!(py, "view"), (numpy::dtype::<T>(py),))?
+        .cast_into::<PyArrayDyn<T>>()?)
 }
 
 fn run_typed<'py, T: Element + Copy + Send + Sync>(
@@ -238,45 +277,58 @@ fn run_typed<'py, T: Element + Copy + Send + Sync>(
     op: &Op,
     out_shape: &[usize],
     context: &str,
+    what: &str,
     given: Option<(&Bound<'py, PyAny>, Bound<'py, PyUntypedArray>)>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = arr.py();
-    let (src, offset) = as_slice::<T>(arr);
+    let src = view_as::<T>(arr)?;
+    let src = src
+        .try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("{context}: the input cannot be read: {e}")))?;
+    let src_view = src.as_array();
+    // `readable` made the elements one dense slice of memory, in some order of the axes.
+    let data = src_view.as_slice_memory_order().ok_or_else(|| {
+        PyValueError::new_err(format!("{context}: the input is not one block of memory"))
+    })?;
+    // The first element's index in that slice: a distance between two addresses, no dereference.
+    let offset = (src_view.as_ptr() as usize - data.as_ptr() as usize) / size_of::<T>().max(1);
     let out = match &given {
-        // The caller's array seen as T (same bytes, dtype already checked to match arr's).
-        Some((_, checked)) => checked
-            .call_method1(intern!(py, "view"), (numpy::dtype::<T>(py),))?
-            .cast_into::<PyArrayDyn<T>>()?,
+        Some((_, checked)) => view_as::<T>(checked.as_any())?,
         // numpy allocates the output (zeroed lazily by calloc) so it gets numpy's transparent-huge-page
         // hint: with 4 KiB pages, first-touch page faults made a fresh 50 MB output ~5x slower to fill.
         None => PyArrayDyn::<T>::zeros(py, out_shape, false),
     };
-    {
-        let mut guard = out.try_readwrite().map_err(|e| {
-            PyValueError::new_err(format!("{context}: out= cannot be written: {e}"))
-        })?;
-        let out_slice = guard.as_slice_mut()?;
-        py.detach(|| -> Result<(), PatchError> {
-            match *op {
-                Op::Patchify { shape, strides, p } => {
-                    core_tokens::patchify(&Strided::new(src, offset, shape, strides)?, p, out_slice)
-                }
-                Op::Unpatchify {
-                    shape,
-                    strides,
-                    p,
-                    height,
-                    width,
-                    channels_last,
-                } => {
-                    let view = Strided::new(src, offset, shape, strides)?;
-                    core_tokens::unpatchify(&view, p, height, width, channels_last, out_slice)
-                        .map(|_channels| ())
-                }
-            }
-        })
-        .map_err(|e| shape_error(context, e))?;
+    let mut guard = out.try_readwrite().map_err(|e| match e {
+        BorrowError::AlreadyBorrowed => PyValueError::new_err(format!(
+            "{what} shares memory with the input; pass a separate array"
+        )),
+        _ => PyValueError::new_err(format!("{context}: out= cannot be written: {e}")),
+    })?;
+    let out_slice = guard.as_slice_mut()?;
+    let source_error = |reason| shape_error(context, reason);
+    match *op {
+        Op::Patchify { shape, strides, p } => {
+            let view = Strided::new(data, offset, shape, strides).map_err(source_error)?;
+            copy_in_chunks(py, shape[0], out_slice, context, |rows, out| {
+                core_tokens::patchify(&view.rows(rows)?, p, out)
+            })?;
+        }
+        Op::Unpatchify {
+            shape,
+            strides,
+            p,
+            height,
+            width,
+            channels_last,
+        } => {
+            let view = Strided::new(data, offset, shape, strides).map_err(source_error)?;
+            copy_in_chunks(py, shape[0], out_slice, context, |rows, out| {
+                core_tokens::unpatchify(&view.rows(rows)?, p, height, width, channels_last, out)
+                    .map(|_channels| ())
+            })?;
+        }
     }
+    drop(guard);
     match given {
         Some((caller, _)) => Ok(caller.clone()),
         // A view is metadata only: the integer array becomes the input's dtype (float16, '>f4', ...).
@@ -284,43 +336,22 @@ fn run_typed<'py, T: Element + Copy + Send + Sync>(
     }
 }
 
-/// The bytes `arr` can reach, as a half-open range of addresses (empty for an empty array).
-fn byte_span(arr: &Bound<'_, PyUntypedArray>) -> std::ops::Range<usize> {
-    if arr.shape().contains(&0) {
-        return 0..0;
-    }
-    let (mut low, mut high) = (0isize, 0isize);
-    for (&n, &s) in arr.shape().iter().zip(arr.strides()) {
-        let reach = (n as isize - 1) * s;
-        if reach < 0 {
-            low += reach;
-        } else {
-            high += reach;
-        }
-    }
-    // SAFETY: reading the data pointer field of a live array.
-    let data = unsafe { (*arr.as_array_ptr()).fields.data } as usize;
-    let item = arr.dtype().itemsize();
-    data.wrapping_add_signed(low)..data.wrapping_add_signed(high) + item
-}
-
-fn overlaps(a: std::ops::Range<usize>, b: std::ops::Range<usize>) -> bool {
-    !a.is_empty() && !b.is_empty() && a.start < b.end && b.start < a.end
-}
-
-/// The memory `arr` spans as a slice of `T`, and the index of its first element in that slice.
-fn as_slice<'a, T>(arr: &'a Bound<'_, PyUntypedArray>) -> (&'a [T], usize) {
-    let span = byte_span(arr);
-    if span.is_empty() {
-        return (&[], 0);
-    }
-    let item = size_of::<T>();
-    // SAFETY: numpy guarantees every element the array's shape and strides reach is inside its
-    // allocation, so `span` is readable for as long as `arr` is alive (the returned slice borrows
-    // it). `readable` checked that the data is aligned for T (an unsigned integer of the dtype's
-    // size, valid for any bit pattern) and that strides are whole elements, so `span` holds a whole
-    // number of them and the first element lies a whole number of elements past its start.
-    let data = unsafe { (*arr.as_array_ptr()).fields.data } as usize;
-    let slice = unsafe { std::slice::from_raw_parts(span.start as *const T, span.len() / item) };
-    (slice, (data - span.start) / item)
+/// Runs `copy(items, out)` over the batch in chunks of about `CHUNK_BYTES` of output, each on the
+/// worker pool with the GIL released; `out` is the whole output, `batch` items of equal size.
+fn copy_in_chunks<T: Send>(
+    py: Python<'_>,
+    batch: usize,
+    out: &mut [T],
+    context: &str,
+    copy: impl Fn(Range<usize>, &mut [T]) -> Result<(), PatchError> + Sync,
+) -> PyResult<()> {
+    let pool = pool(None)?;
+    let per_item = out.len() / batch.max(1);
+    let chunk = CHUNK_BYTES / (per_item * size_of::<T>()).max(1);
+    detach_in_chunks(py, batch, chunk, |items| {
+        let out = &mut out[items.start * per_item..items.end * per_item];
+        pool.install(|| copy(items, out))
+            .map_err(|reason| shape_error(context, reason))?;
+        Ok(true)
+    })
 }
