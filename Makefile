@@ -22,11 +22,12 @@ test-python:
 test-rust:
 	cargo test --release -q
 
-lint: ## ruff + rustfmt + clippy, warnings are errors
+lint: ## ruff + rustfmt + clippy + stubtest, warnings are errors
 	$(PY) -m ruff check python tests testkit benches
 	$(PY) -m ruff format --check python tests testkit benches
 	cargo fmt --check
 	cargo clippy -q --all-targets --all-features -- -D warnings
+	$(PY) -m mypy.stubtest jitrs._native
 
 bench: setup ## CPU benchmarks (load_batch, patchify, PNG, model) side by side with their baselines
 	$(PY) benches/run_all.py
