@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ class Result:
     baseline: float
     mfu_ours: float | None = None
     mfu_baseline: float | None = None
+    # Useful FLOPs per image of each side (the FLOP counts behind the MFUs), for MFU against another peak.
+    flops_ours: float = 0.0
+    flops_baseline: float = 0.0
 
     @property
     def speedup(self) -> float:
@@ -70,7 +74,9 @@ def sync(device: torch.device) -> Callable[[], None]:
 def build_pair(args: argparse.Namespace, device: torch.device) -> tuple[jitrs.JiT, OfficialJiT]:
     """Our model and the baseline with the same (random, non-zero) weights."""
     torch.manual_seed(0)
-    ours = jitrs.JiT.from_name(args.model, **({"input_size": args.size} if args.size else {}))
+    overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.model_arg)}
+    overrides |= {"input_size": args.size} if args.size else {}
+    ours = jitrs.JiT.from_name(args.model, **overrides)
     with torch.no_grad():
         for p in ours.parameters():
             if p.requires_grad:
@@ -155,6 +161,8 @@ def run(args: argparse.Namespace) -> list[Result]:
             train_base,
             mfu(train_ours, 3 * flops),
             mfu(train_base, 3 * flops),
+            3 * flops,
+            3 * flops,
         )
     )
 
@@ -190,6 +198,8 @@ def run(args: argparse.Namespace) -> list[Result]:
             sample_base,
             mfu(sample_ours, flops_ours),
             mfu(sample_base, flops * 2 * nfe),
+            flops_ours,
+            flops * 2 * nfe,
         )
     )
     return results
@@ -217,6 +227,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if gpu else "cpu")
     p.add_argument("--model", default="JiT-B/16" if gpu else "JiT-S/4", choices=list(jitrs.JiT_models))
     p.add_argument("--size", type=int, default=None, help="input size (default: the named config's)")
+    p.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="override a JiT constructor argument"
+    )
     p.add_argument("--batch", type=int, default=128 if gpu else 8, help="training batch")
     p.add_argument("--sample-batch", type=int, default=256 if gpu else 8, help="sampling batch (labels)")
     p.add_argument("--sample-steps", type=int, default=50 if gpu else 10, help="Heun steps")
