@@ -37,3 +37,11 @@ bench-demo: setup ## the README's first command from a clean cache, timed, with 
 
 bench-gpu: setup ## the GPU benchmark (model train/sample, end-to-end sampling) on a CUDA device
 	$(PY) benches/bench_gpu.py
+
+# The GPU acceptance check (README "GPU acceptance"): <= 8 min on a CUDA machine, a tiny mode on a CPU. No setup
+# prerequisite, so it runs where there is no .venv: `make gpu-check PY=python3 GPU_CHECK_OUT=DIR`.
+GPU_CHECK_OUT ?= runs/gpu-check
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check: ## GPU acceptance: env, pytest -m gpu, bench, train, sample, DDP; report in GPU_CHECK_OUT (PY=python3)
+	$(PY) benches/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
