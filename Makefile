@@ -45,3 +45,37 @@ GPU_CHECK_ARGS ?=
 .PHONY: gpu-check
 gpu-check: ## GPU acceptance: env, pytest -m gpu, bench, train, sample, DDP; report in GPU_CHECK_OUT (PY=python3)
 	$(PY) benches/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+# Wheels for clusters (README: Offline / cluster install). WHEEL_COMPAT empty: built for this machine's glibc
+# (manylinux_2_34 on Debian 12) and packed by setup from .venv's build in about a second; a manylinux tag
+# (manylinux_2_28, manylinux2014) links with zig against that older glibc instead, a second full compile.
+WHEEL_COMPAT ?=
+# The wheelhouses' target: CPython version and glibc floor (manylinux_2_28 is PyPI torch's own since 2.6).
+WHEELHOUSE_PY ?= 3.12
+WHEELHOUSE_COMPAT ?= manylinux_2_28
+# The target's torch version (2.11.0, say), which torchvision is matched to; empty: the newest torch.
+TORCH ?=
+# What the GPU machine has already (Python 3.12, torch 2.11); wheelhouse-gpu brings only the rest.
+GPU_PRESENT := torch numpy typer rich safetensors matplotlib tensorboard pyyaml scikit-learn scipy pillow pytest hypothesis
+GPU_TORCH ?= 2.11.*
+WHEELHOUSE := $(PY) scripts/wheelhouse.py --python $(WHEELHOUSE_PY) --platform $(WHEELHOUSE_COMPAT)_x86_64
+
+.PHONY: wheel wheelhouse wheelhouse-gpu
+
+wheel: setup ## the abi3 jitrs wheel in dist/ (WHEEL_COMPAT=manylinux_2_28: for older glibc, via zig)
+ifneq ($(WHEEL_COMPAT),)
+	$(PY) -m pip install -q "maturin[zig]>=1.9,<2"
+	rm -f dist/jitrs-*.whl
+	maturin build --release --quiet -i $(PY) --zig --compatibility $(WHEEL_COMPAT) --auditwheel check -o dist
+endif
+	@ls dist/jitrs-*.whl
+
+wheelhouse: ## wheelhouse/: jitrs and every runtime dependency but torch (WHEELHOUSE_PY, TORCH)
+	$(MAKE) wheel WHEEL_COMPAT=$(WHEELHOUSE_COMPAT)
+	$(WHEELHOUSE) --wheel dist/jitrs-*.whl --out wheelhouse --present torch $(if $(TORCH),--constraint 'torch==$(TORCH)')
+
+wheelhouse-gpu: ## wheelhouse-gpu/: only what the GPU machine lacks (jitrs, torch-fidelity, mlxtend, ...), < 64 MiB
+	$(MAKE) wheel WHEEL_COMPAT=$(WHEELHOUSE_COMPAT)
+	$(WHEELHOUSE) --wheel dist/jitrs-*.whl --out wheelhouse-gpu --present $(GPU_PRESENT) --constraint 'torch==$(GPU_TORCH)'
+	@size=$$(du -sb wheelhouse-gpu | cut -f1); echo "wheelhouse-gpu/: $$size bytes"; \
+	 [ "$$size" -le 67108864 ] || { echo "wheelhouse-gpu/ is over the 64 MiB that a device run carries" >&2; exit 1; }
