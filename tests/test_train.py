@@ -79,6 +79,8 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "notckpt.pt").write_text("hello")
     (root / "emptyrun").mkdir()
     (root / "bad.toml").write_text("stepz = 3\n")
+    (root / "typed.toml").write_text('batch_size = "eight"\n')
+    (root / "fake.safetensors").write_text("not safetensors")
     return root
 
 
@@ -94,6 +96,11 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--resume", "{root}/notckpt.pt"], "notckpt.pt: not a checkpoint"),
         (["--resume", "{root}/emptyrun"], "--resume .*emptyrun: the directory holds no checkpoint"),
         (["--data", "digits", "--config", "{root}/bad.toml"], "unknown option\\(s\\) stepz"),
+        (["--data", "digits", "--config", "{root}/typed.toml"], "--batch-size must be int, got 'eight'"),
+        (["--data", "digits", "--seed", "-1"], "--seed must be in \\[0, 2\\^63\\), got -1"),
+        (["--data", "digits", "--sample-every", "-1"], "--sample-every must be >= 0"),
+        (["--data", "digits", "--device", "tpu"], "--device tpu: not a torch device"),
+        (["--data", "digits", "--res", "16", "--init", "{root}/fake.safetensors"], "fake.safetensors: not a checkp"),
         (["--res", "16"], "--data is required"),
         (["--data", "digits", "--schedule", "linear"], "--schedule 'linear'"),
         (["--data", "digits", "--res", "16", "--label-drop", "1.5"], "label_drop must be in \\[0, 1\\)"),

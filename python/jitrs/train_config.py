@@ -70,8 +70,25 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def _check_types(self) -> None:
+        """Each value has its field's type (a config file can hold anything); ints are accepted for floats."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = _TYPES[f.name]
+            if value is None and type(None) in allowed:
+                continue
+            ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+            if not ok:
+                names = " or ".join(t.__name__ for t in allowed if t is not type(None))
+                raise UserError(f"--{f.name.replace('_', '-')} must be {names}, got {value!r}")
+
     def validate(self) -> None:
         """Reject impossible values with one sentence naming the option."""
+        self._check_types()
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"--seed must be in [0, 2^63), got {self.seed}")
+        if self.sample_every < 0:
+            raise UserError(f"--sample-every must be >= 0 (0: never), got {self.sample_every}")
         positive = ("res", "batch_size", "ckpt_every", "log_every", "sample_steps", "loader_workers")
         for name in positive:
             if getattr(self, name) < 1:
@@ -93,6 +110,19 @@ class TrainConfig:
             raise UserError(f"--quality-samples must be >= 0, got {self.quality_samples}")
         if self.data is None:
             raise UserError("--data is required: an image folder (DATA/train/<class>/*.jpg) or builtin:mnist")
+
+
+def _field_types(annotation: str) -> tuple[type, ...]:
+    """The runtime types a field annotation (a string, as `from __future__ import annotations` leaves it) allows."""
+    names = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "None": (type(None),)}
+    allowed: tuple[type, ...] = ()
+    for part in annotation.split("|"):
+        part = part.strip()
+        allowed += names.get(part, (dict,) if part.startswith("dict") else ())
+    return allowed
+
+
+_TYPES = {f.name: _field_types(str(f.type)) for f in dataclasses.fields(TrainConfig)}
 
 
 # `--demo`: a small JiT on builtin:mnist, trained on a 2-core CPU in under 10 minutes to samples that a classifier
