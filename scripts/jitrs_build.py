@@ -1,9 +1,9 @@
 """The PEP 517 build backend of jitrs: maturin's, after a check for the assembler of libjpeg-turbo's SIMD code.
 
-The turbojpeg crate builds libjpeg-turbo with cmake and REQUIRE_SIMD (the decoder is several times slower
-without it); a missing nasm then surfaces as a cmake error inside a panicking build script, a hundred lines
-deep in pip's output. Cargo cannot run a check of ours first (turbojpeg-sys `links` a native library, so its
-build script runs before ours), hence this check here, in front of `pip install .` and `pip wheel .`.
+The turbojpeg crate builds libjpeg-turbo with cmake and REQUIRE_SIMD (rather than quietly building a slower
+decoder); a missing nasm then surfaces as a cmake error inside a panicking build script, a hundred lines deep in
+pip's output. Cargo cannot run a check of ours first (turbojpeg-sys `links` a native library, so its build script
+runs before ours), hence this check here, in front of `pip install .` and `pip wheel .`.
 """
 
 from __future__ import annotations

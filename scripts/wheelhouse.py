@@ -158,9 +158,12 @@ def main() -> None:
     wheels = sorted(args.out.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels) / 2**20
     print(f"{args.out}/: {len(wheels)} wheels, {size:.1f} MiB, for CPython {args.python} on {args.platform}")
-    for name in sorted(present & set(resolved)):
+    # A wheel that needs a version of a package left out (torchvision of torch) installs only where it is.
+    for name in needed:
         meta = resolved[name]["metadata"]
-        print(f"  resolved against {meta['name']}=={meta['version']} (expected on the target, not included)")
+        for dep in map(Requirement, meta.get("requires_dist", [])):
+            if dep.specifier and canonicalize_name(dep.name) in present and applies(dep, env, set()):
+                print(f"  {meta['name']} {meta['version']} needs {dep.name}{dep.specifier} on the target")
 
 
 if __name__ == "__main__":
