@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from jitrs.atomic import atomic_write_text
 from jitrs.builtin import builtin_name
 from jitrs.errors import UserError
 
@@ -74,8 +75,11 @@ def eval_command(
             raise UserError("--make-ref needs --out STATS.npz")
         if samples is not None or ref is not None:
             raise UserError("--make-ref computes statistics only: drop --samples/--ref")
-        count = metrics.make_reference(make_ref, res, out, inception_weights, batch_size, device)
-        Console().print(f"wrote Inception statistics of {count} images of {make_ref} at {res} px to {out}")
+        count, skipped = metrics.make_reference(make_ref, res, out, inception_weights, batch_size, device)
+        console = Console(markup=False, highlight=False, soft_wrap=True)
+        if skipped:
+            console.print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}: {skipped[0][1]}")
+        console.print(f"wrote Inception statistics of {count} images of {make_ref} at {res} px to {out}")
         return
     if samples is None or ref is None:
         raise UserError("give --samples and --ref (or --make-ref DATA_DIR --out STATS.npz)")
@@ -88,6 +92,11 @@ def eval_command(
         results = {k: float(v) for k, v in score.to_dict().items()}
     else:
         results = metrics.evaluate(samples, ref, inception_weights, precision_recall, batch_size, device)
+        if results["images"] < metrics.FEATURE_DIM:
+            Console(stderr=True).print(
+                f"[yellow]warning:[/] FID of {results['images']:.0f} images: with fewer images than the "
+                f"{metrics.FEATURE_DIM} feature dimensions it is biased far above the 50K-image value the paper reports"
+            )
     print_results(results)
     if json_out is not None:
-        json_out.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")

@@ -118,6 +118,19 @@ def folder_batches(files: list[Path], size: int, batch: int) -> Iterator[np.ndar
             raise UserError(str(e)) from None  # it names the file; a skipped image would bias the statistics
 
 
+def reference_batches(files: list[Path], size: int, batch: int, skipped: list[tuple[str, str]]) -> Iterator[np.ndarray]:
+    """As folder_batches, for a data set: an unreadable image is skipped and appended to `skipped` (path, reason),
+    as training skips it."""
+    for start in range(0, len(files), batch):
+        chunk = [str(p) for p in files[start : start + batch]]
+        images, errors = jitrs.load_batch(chunk, size, on_error="skip")
+        if errors:
+            skipped.extend((chunk[i], reason) for i, reason in errors)
+            images = np.delete(images, [i for i, _ in errors], axis=0)
+        if len(images):
+            yield images
+
+
 def image_source(path: Path, param: str, size: int | None, batch: int) -> tuple[Iterator[np.ndarray], int]:
     """Batches of images from a sample folder or an npz with arr_0, and their size (H = W)."""
     if path.is_dir():
@@ -225,8 +238,10 @@ def make_reference(
     weights: str | Path | None = None,
     batch_size: int = 100,
     device: str | None = None,
-) -> int:
-    """Write mu/sigma of every image under `data` (recursively, ADM center crop to res) to `out`; returns N."""
+) -> tuple[int, list[tuple[str, str]]]:
+    """Write mu/sigma of every readable image under `data` (recursively, ADM center crop to res) to `out`.
+
+    Returns (N, the skipped images as (path, reason))."""
     weights_path = inception_weights_path(weights)
     if not data.is_dir():
         raise UserError("not a directory of images", param="make_ref", value=data)
@@ -237,6 +252,10 @@ def make_reference(
         raise UserError(f"found {len(files)} image(s), need at least 2", param="make_ref", value=data)
     writable_dir(out.parent, value=out)  # fail now rather than after a pass over the whole data set
     dev = pick_device(device)
-    feats = extract(load_inception(weights_path, dev), folder_batches(files, res, batch_size), dev)
-    save_stats(out, features_to_stats(feats.pool), len(files))
-    return len(files)
+    skipped: list[tuple[str, str]] = []
+    feats = extract(load_inception(weights_path, dev), reference_batches(files, res, batch_size, skipped), dev)
+    count = len(files) - len(skipped)
+    if count < 2:
+        raise UserError(f"only {count} of {len(files)} images could be read", param="make_ref", value=data)
+    save_stats(out, features_to_stats(feats.pool), count)
+    return count, skipped
