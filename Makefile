@@ -23,8 +23,8 @@ test-rust:
 	cargo test --release -q
 
 lint: ## ruff + rustfmt + clippy + stubtest, warnings are errors
-	$(PY) -m ruff check python tests testkit benches
-	$(PY) -m ruff format --check python tests testkit benches
+	$(PY) -m ruff check python tests testkit benches scripts
+	$(PY) -m ruff format --check python tests testkit benches scripts
 	cargo fmt --check
 	cargo clippy -q --all-targets --all-features -- -D warnings
 	$(PY) -m mypy.stubtest jitrs._native

@@ -15,21 +15,38 @@ from jitrs._native import (
     write_png,
     write_pngs,
 )
-from jitrs.checkpoint import (
-    Checkpoint,
-    checkpoint_payload,
-    load_checkpoint,
-    save_checkpoint,
-    save_safetensors,
-)
-from jitrs.flow import Flow
-from jitrs.model import JiT, JiT_models
+
+# The PyTorch side is imported on first use (PEP 562), so the data core and the command line's help and input
+# checks work without loading torch.
+_TORCH_NAMES = {
+    "Checkpoint": "jitrs.checkpoint",
+    "checkpoint_payload": "jitrs.checkpoint",
+    "load_checkpoint": "jitrs.checkpoint",
+    "save_checkpoint": "jitrs.checkpoint",
+    "save_safetensors": "jitrs.checkpoint",
+    "Flow": "jitrs.flow",
+    "JiT": "jitrs.model",
+    "JiTConfig": "jitrs.model",
+    "JiT_models": "jitrs.model",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _TORCH_NAMES:
+        raise AttributeError(f"module 'jitrs' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_TORCH_NAMES[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
 
 __all__ = [
     "Checkpoint",
     "DecodeError",
     "Flow",
     "JiT",
+    "JiTConfig",
     "JiT_models",
     "_native",
     "center_crop",

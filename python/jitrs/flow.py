@@ -14,12 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-# The paper's settings (official code, 256 px), named once; the CLI defaults and the samplers use these.
-P_MEAN, P_STD = -0.8, 0.8  # t = sigmoid(N(P_MEAN, P_STD²)): biased towards noise
-T_EPS = 0.05  # the clamp of 1 − t wherever it divides
-LABEL_DROP = 0.1  # probability of the null class in training (classifier-free guidance)
-CFG_INTERVAL = (0.1, 1.0)  # guidance applies on this interval of t only
-SAMPLE_STEPS = 50  # Heun steps (99 network evaluations)
+from jitrs.paper import LABEL_DROP, P_MEAN, P_STD, SAMPLE_STEPS, T_EPS
 
 Space = Literal["x", "eps", "v"]
 SPACES: tuple[str, ...] = ("x", "eps", "v")

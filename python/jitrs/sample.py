@@ -32,8 +32,9 @@ from jitrs import adm_npz
 from jitrs.atomic import atomic_path, atomic_write_text, writable_dir
 from jitrs.device import setup_distributed
 from jitrs.errors import UserError
-from jitrs.flow import SAMPLE_STEPS, Flow
+from jitrs.flow import Flow
 from jitrs.grid import image_grid
+from jitrs.paper import SAMPLE_STEPS
 from jitrs.rundir import DirLock, resolve_checkpoint
 
 # CFG scales of the released official results (reference table); other models default to no guidance.

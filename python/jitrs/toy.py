@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from jitrs.atomic import atomic_path, atomic_write_text
-from jitrs.errors import UserError
 from jitrs.flow import Flow, Space
+from jitrs.toy_config import ToyConfig
 
 PREDS: tuple[Space, ...] = ("x", "eps", "v")
 HIDDEN = 256  # the paper's MLP width: under-complete once D > 256, which is the point of the experiment
@@ -35,38 +35,6 @@ SPIRAL_THICKNESS = 0.05  # std across the arm: the data is a 2-D band, so held-o
 # untrained (p ~ 1e-4), which blurs eps- and v-prediction even at D = 2 and hides the trend over D.
 P_MEAN, P_STD = 0.0, 1.0
 PLOT_LIMIT = 1.5  # panels show [-1.5, 1.5]²; failed samples far outside simply leave the panel
-
-
-@dataclass(frozen=True)
-class ToyConfig:
-    """One toy run; the defaults make the README figure in a few minutes on 2 CPU cores.
-
-    Field names match the CLI options (train_steps is --train-steps). Invalid values raise UserError.
-    """
-
-    dims: tuple[int, ...] = (2, 8, 16, 512)
-    train_steps: int = 1500
-    batch_size: int = 128
-    lr: float = 1e-3
-    sample_steps: int = 50
-    samples: int = 1000
-    reference: int = 10000
-    seed: int = 0
-    threads: int = 1  # OpenMP barriers cost more than they save on these small matmuls, ruinously under load
-
-    def __post_init__(self) -> None:
-        if not self.dims:
-            raise UserError("--dims needs at least one dimension.")
-        bad = [d for d in self.dims if d < 2]
-        if bad:
-            raise UserError(f"--dims: every D must be at least 2 (the data is 2-D), got {bad[0]}.")
-        if len(set(self.dims)) != len(self.dims):
-            raise UserError(f"--dims lists a dimension twice: {','.join(map(str, self.dims))}.")
-        for name in ("train_steps", "batch_size", "sample_steps", "samples", "reference", "threads"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}.")
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,7 +12,10 @@ from rich.table import Table
 
 from jitrs.atomic import writable_dir
 from jitrs.errors import UserError
-from jitrs.toy import Cell, ToyConfig, ToyResult, run_toy, save_figure, write_results
+from jitrs.toy_config import ToyConfig
+
+if TYPE_CHECKING:
+    from jitrs.toy import Cell, ToyResult
 
 _DEFAULT = ToyConfig()
 
@@ -66,6 +69,8 @@ def toy(
         threads=threads,
     )
     writable_dir(out)
+    from jitrs.toy import run_toy, save_figure, write_results
+
     console = Console()
     start = time.perf_counter()
 

@@ -46,10 +46,11 @@ from jitrs.dataset import ImageIndex, build_index, image_root
 from jitrs.device import Dist, decode_threads, setup_distributed
 from jitrs.ema import EMA
 from jitrs.errors import UserError, WriteFailure
-from jitrs.flow import CFG_INTERVAL, Flow
+from jitrs.flow import Flow
 from jitrs.grid import write_labelled_grid
 from jitrs.loader import Loader, Plan
 from jitrs.model import JiT, JiT_models
+from jitrs.paper import CFG_INTERVAL
 from jitrs.runlog import RunLog, plot_loss, plot_quality
 from jitrs.sample import to_pixels
 from jitrs.train_config import TrainConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jitrs.errors import UserError
-from jitrs.flow import LABEL_DROP, P_MEAN, P_STD, SAMPLE_STEPS, T_EPS
+from jitrs.paper import LABEL_DROP, P_MEAN, P_STD, SAMPLE_STEPS, T_EPS
 
 SCHEDULES = ("constant", "cosine")
 
