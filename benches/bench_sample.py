@@ -89,7 +89,7 @@ def main() -> None:
 
         # Warm-up: one batch each, so compilation and allocator growth are not timed.
         quiet = Console(quiet=True)
-        sample(SampleOptions(out=root / "warm", **base | {"n": args.batch_size}), quiet)  # type: ignore[arg-type]
+        sample(SampleOptions(out=root / "warm", **base | {"n": args.batch_size}), quiet)
         net = jitrs.load_checkpoint(ckpt).build(device=device)
         (root / "warm_official").mkdir()
         official_style(net, args.batch_size, args.batch_size, args.steps, cfg, root / "warm_official", device)
@@ -100,7 +100,7 @@ def main() -> None:
             lambda: official_style(net, args.n, args.batch_size, args.steps, cfg, root / "official", device), sync=sync
         )
         t_jitrs = timed(
-            lambda: sample(SampleOptions(out=root / "jitrs", **base), quiet),  # type: ignore[arg-type]
+            lambda: sample(SampleOptions(out=root / "jitrs", **base), quiet),
             sync=sync,
         )
         written = len(list((root / "jitrs").glob("[0-9]*.png")))

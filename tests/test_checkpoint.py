@@ -344,4 +344,4 @@ def test_failed_save_keeps_the_previous_file_intact(tmp_path: Path) -> None:
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     with pytest.raises(TypeError, match="payload must be a dict"):
-        jitrs.save_checkpoint(path, [1, 2])  # type: ignore[arg-type]
+        jitrs.save_checkpoint(path, [1, 2])

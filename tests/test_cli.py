@@ -47,7 +47,7 @@ def test_every_option_passes_through_torchrun_unchanged():
     from jitrs.cli import app
 
     parser = get_args_parser()
-    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    commands = typer.main.get_command(app).commands
     checked, refused = 0, []
     for name, command in commands.items():
         for param in command.params:

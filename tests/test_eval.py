@@ -30,7 +30,7 @@ COUNT = 4
 class _RandomInception(tf_inception.FeatureExtractorInceptionV3):
     """torch-fidelity's InceptionV3 left at a random init (its constructor insists on loading weights)."""
 
-    def load_state_dict(self, state_dict, strict=True, assign=False):  # type: ignore[no-untyped-def]
+    def load_state_dict(self, state_dict, strict=True, assign=False):
         return None
 
 

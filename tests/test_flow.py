@@ -270,11 +270,11 @@ def test_t_sampler_is_logit_normal():
 
 def test_bad_arguments_are_refused(net):
     with pytest.raises(ValueError, match="pred"):
-        Flow(pred="noise")  # type: ignore[arg-type]
+        Flow(pred="noise")
     with pytest.raises(ValueError, match="steps"):
         Flow().sample(net, torch.tensor([0]), steps=0)
     with pytest.raises(ValueError, match="method"):
-        Flow().sample(net, torch.tensor([0]), method="rk4")  # type: ignore[arg-type]
+        Flow().sample(net, torch.tensor([0]), method="rk4")
 
 
 class DtypeNet(nn.Module):

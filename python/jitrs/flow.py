@@ -184,12 +184,12 @@ class Flow:
             if shape is None:
                 if y is None:
                     raise ValueError("give y, noise or shape so the batch size is known")
-                shape = (y.shape[0], net.in_channels, net.input_size, net.input_size)  # type: ignore[attr-defined]
+                shape = (y.shape[0], net.in_channels, net.input_size, net.input_size)
             device = y.device if y is not None else None
             noise = torch.randn(shape, generator=generator, device=device)
         z = self.noise_scale * noise.float()
         batch = z.shape[0]
-        null = torch.full_like(y, net.num_classes) if cfg != 1.0 and y is not None else None  # type: ignore[attr-defined]
+        null = torch.full_like(y, net.num_classes) if cfg != 1.0 and y is not None else None
         # The grid lives on the host, in float32 like the official one, so guidance decisions need no GPU sync.
         grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float32)
         grid_dev = grid.to(z.device)  # one copy up front; indexing it later does not sync
@@ -207,7 +207,7 @@ class Flow:
             if not guided:
                 return self.convert(denoise(z, t_batch, y), z, t_dev, "v")
             z2 = torch.cat([z, z])
-            out = denoise(z2, torch.cat([t_batch, t_batch]), torch.cat([y, null]))  # type: ignore[list-item]
+            out = denoise(z2, torch.cat([t_batch, t_batch]), torch.cat([y, null]))
             v_cond, v_uncond = self.convert(out, z2, t_dev, "v").chunk(2)
             return v_uncond + cfg * (v_cond - v_uncond)
 

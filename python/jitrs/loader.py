@@ -163,7 +163,7 @@ class Loader:
                 self._orders[epoch] = self.plan.epoch_order(epoch)
             return self._orders[epoch]
 
-    def _get(self, q: queue.Queue):  # type: ignore[type-arg]
+    def _get(self, q: queue.Queue):
         """The next item of q, or None once close() was called."""
         while not self._stop.is_set():
             try:

@@ -469,7 +469,7 @@ def _sample_missing(
     console: Console,
 ) -> None:
     labels = torch.from_numpy(balanced_labels(s.n, s.classes))
-    shape = (net.in_channels, s.resolution, s.resolution)  # type: ignore[arg-type]
+    shape = (net.in_channels, s.resolution, s.resolution)
     batches = list(my_batches(missing, batch_size, rank, world))
     net_dtype = torch.bfloat16 if device.type == "cuda" else None
     writer = _Writer(store)
@@ -492,7 +492,7 @@ def _sample_missing(
                     model,
                     y,
                     steps=s.steps,
-                    method=s.method,  # type: ignore[arg-type]
+                    method=s.method,
                     cfg=s.cfg,
                     interval=(s.interval[0], s.interval[1]),
                     noise=noise,

@@ -397,7 +397,7 @@ class Run:
             self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if cuda else None)
             net = self.ddp
         if cuda if cfg.compile is None else cfg.compile:
-            net = torch.compile(net)  # type: ignore[assignment]
+            net = torch.compile(net)
         self.model, self.net = model, net
         self.params = list(model.parameters())
         self.opt = torch.optim.AdamW(
@@ -467,7 +467,7 @@ class Run:
             last = a == s.accum - 1
             sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
             if cfg.fsdp:
-                self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+                self.model.set_requires_gradient_sync(last)
             with sync:
                 with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.bf16):  # forward and loss only
                     loss = flow.loss(self.net, batch.x, y, t=t, noise=noise)
@@ -579,7 +579,7 @@ class Run:
             net_dtype=torch.bfloat16 if self.bf16 else None,
         )
         if cfg.fsdp:
-            self.ema1.module.reshard()  # type: ignore[operator]  # FSDP leaves the root gathered after a forward
+            self.ema1.module.reshard()  # FSDP leaves the root gathered after a forward
         if not d.main:
             return None
         images = to_pixels(x).cpu().numpy()
