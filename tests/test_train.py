@@ -290,16 +290,41 @@ def test_a_second_job_on_a_directory_is_refused_and_a_dead_jobs_lock_is_taken_ov
     assert steps_of(out) == [1] and (out / ".lock").read_text() == ""  # released on exit
 
 
-def test_resume_survives_a_torn_log_line_and_a_killed_writers_temp_file(tmp_path: Path, env) -> None:
+# `jitrs train`, SIGKILLed from inside its second checkpoint write, half of the file written: the worst moment.
+KILL_MID_CHECKPOINT = """
+import os, signal, sys
+import torch
+from jitrs.cli import main
+saves = 0
+real_save = torch.save
+def save(obj, f, *args, **kwargs):
+    global saves
+    saves += 1
+    if saves == 2:
+        f.write(b"PK\\x03\\x04 half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(obj, f, *args, **kwargs)
+torch.save = save
+sys.argv = ["jitrs", "train", *sys.argv[1:]]
+main()
+"""
+
+
+def test_resume_survives_a_kill_mid_checkpoint_and_a_torn_log_line(tmp_path: Path, env) -> None:
     out = tmp_path / "run"
-    run(small_run(out, "--steps", "2"), env)
+    args = small_run(out, "--steps", "6", "--ckpt-every", "2")
+    killed = subprocess.run([sys.executable, "-c", KILL_MID_CHECKPOINT, *args], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert steps_of(out) == [2]  # the step-4 checkpoint never appeared under its name...
+    (temp,) = out.glob(".checkpoint-0000004.pt.*.tmp")  # ...only as the killed writer's hidden temp file
     with open(out / "metrics.jsonl", "a") as f:
-        f.write('{"step": 3, "lo')  # a full disk or a power cut mid-append
-    (out / ".checkpoint-0000003.pt.k2j4.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")  # a kill -9 mid-save
-    proc = run(["--resume", str(out), "--steps", "4"], env)
+        f.write('{"step": 5, "lo')  # and a torn line, as a full disk or a power cut leaves an append
+    proc = run(["--resume", str(out), "--steps", "6"], env)
+    assert f"removed {temp.name}, the temp file of a write that was interrupted" in proc.stderr
     assert f"dropped 1 torn line(s) of {out / 'metrics.jsonl'}" in proc.stderr
-    assert "removed .checkpoint-0000003.pt.k2j4.tmp, the temp file of a write that was interrupted" in proc.stderr
-    assert list(losses(out)) == [1, 2, 3, 4] and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert list(losses(out)) == [1, 2, 3, 4, 5, 6] and steps_of(out)[-1] == 6
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("name", ["set[v2]", "a[/]b", "[bold]x"])
