@@ -121,14 +121,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> jitrs.Checkpoint:
 
 
 # Tolerance of bf16 (the network under autocast, the ODE state in float32) against float32, in 0..255 pixel
-# units over 100 images of 50-step Heun with CFG. bf16 rounds each matmul input to 8 significant bits (relative
-# 2^-9), which moves the network's x-prediction by a fraction of a pixel level per evaluation; the last step makes
-# the image that prediction, so most pixels land within a level or two of float32, and only pixels on a digit's
-# stroke edges, where a small drift of the trajectory moves the edge, differ by more. Measured on a CPU (bf16
-# autocast there too) for this recipe: see the README "GPU acceptance" section. A state kept in bf16 over the 99
-# evaluations, or guidance combined in bf16, exceeds these bounds.
-BF16_MEAN_MAX = 2.0  # mean |Δ| over all pixels
-BF16_FAR_FRACTION_MAX = 0.01  # fraction of pixels off by more than 16 levels
+# units over 100 images of 50-step Heun with the run's CFG (1.5, interval 0.1-1). Measured with this recipe on a CPU,
+# whose autocast also rounds matmul inputs to bf16 (relative 2^-9) and accumulates in float32: mean 0.17, max 23,
+# 0.003% of pixels off by more than 16 (600 training steps; 0.11 / 10 / 0% after 300). Most pixels land within a
+# level of float32 because the last step makes the image the network's x-prediction; the few far pixels sit on
+# stroke edges that a small drift of the trajectory moves. The bounds leave 6x (mean) and 100x (far pixels) of
+# room for the GPU's other kernels (flash attention, cuBLAS): what they catch is bf16 that is broken, not merely
+# rounded — overflow (fp16 instead of bf16), NaNs, kernels or compiled graphs that compute something else, a
+# sampler that diverges. They do not tell finer choices apart: keeping the ODE state in bf16 as well, or the whole
+# network in bf16 instead of autocast, measured 0.43 and 0.22 mean on the CPU, also within them.
+BF16_MEAN_MAX = 1.0  # mean |Δ| over all pixels
+BF16_FAR_FRACTION_MAX = 0.005  # fraction of pixels off by more than BF16_FAR levels
 BF16_FAR = 16
 
 
