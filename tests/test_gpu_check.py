@@ -60,11 +60,13 @@ def test_tiny_mode_passes_every_stage_and_reports_it(tiny) -> None:
     by = {s["name"]: s for s in doc["stages"]}
     assert by["env"]["status"] == "passed" and by["env"]["figures"]["gpu_count"] == 0
     assert by["env"]["figures"]["build_profile"] in ("release", "debug")
-    # No CUDA here: the gpu tests are collected (they import and are marked), not run.
+    # No CUDA here: tests/test_gpu.py runs and every test skips itself.
     pytest_stage = by["pytest"]
-    assert pytest_stage["status"] == "skipped" and pytest_stage["figures"]["collected"] >= 5
-    assert any(t.startswith("tests/test_gpu.py::test_bf16") for t in pytest_stage["figures"]["tests"])
-    assert any(t.startswith("tests/test_gpu.py::test_two_gpus") for t in pytest_stage["figures"]["tests"])
+    assert pytest_stage["status"] == "skipped", pytest_stage
+    outcomes = pytest_stage["figures"]["outcomes"]
+    assert pytest_stage["figures"]["skipped"] == len(outcomes) >= 4 and pytest_stage["figures"]["passed"] == 0
+    assert "SKIPPED tests/test_gpu.py::test_bf16_heun_cfg_sampling_stays_close_to_float32" in outcomes
+    assert "SKIPPED tests/test_gpu.py::test_two_gpus_sample_exactly_the_images_of_one" in outcomes
     for name in ("bench", "train", "sample", "ddp"):
         assert by[name]["status"] == "passed", by[name]
     bench = by["bench"]["figures"]
@@ -90,6 +92,54 @@ def test_tiny_mode_passes_every_stage_and_reports_it(tiny) -> None:
     for name in STAGES:
         assert f"## {name}:" in md
     assert (out / "logs" / "train.log").is_file()
+
+
+GPU_TESTS = """
+import pytest
+
+
+@pytest.mark.gpu
+def test_measures(record_property):
+    record_property("bf16_mean_abs_diff", 0.25)
+    record_property("bf16_max_abs_diff", 7)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [1, 2])
+def test_fails(k):
+    assert k == 1
+
+
+@pytest.mark.gpu
+def test_skips():
+    pytest.skip("needs 2 GPUs")
+
+
+def test_not_gpu_marked_so_not_run():
+    pass
+"""
+
+
+def test_the_pytest_stage_counts_outcomes_and_reads_measurements(tmp_path: Path) -> None:
+    """The stage's own pytest command on a real test file, under the repository's settings (filterwarnings =
+    error: record_property must not warn)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    tests = tmp_path / "test_fake_gpu.py"
+    tests.write_text(GPU_TESTS)
+    junit, log = tmp_path / "junit.xml", tmp_path / "pytest.log"
+    with open(log, "w") as f:
+        rc = subprocess.run(
+            gpu_check.pytest_command([str(tests)], junit), stdout=f, stderr=subprocess.STDOUT
+        ).returncode
+    assert rc == 1, log.read_text()
+    counts = gpu_check.pytest_counts(log)
+    assert (counts["passed"], counts["failed"], counts["skipped"], counts["errors"]) == (2, 1, 1, 0), counts
+    assert gpu_check.junit_properties(junit) == {"bf16_mean_abs_diff": 0.25, "bf16_max_abs_diff": 7}
+    assert "test_fails[2]" in gpu_check.failure_summary(log)
 
 
 def test_a_failing_stage_is_recorded_and_the_check_goes_on(tmp_path: Path) -> None:
