@@ -167,8 +167,10 @@ def test_a_failing_stage_is_recorded_and_the_check_goes_on(tmp_path: Path) -> No
 
 def test_a_killed_check_leaves_a_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
+    # --work: SIGKILL leaves no chance to remove the scratch folder, so it lives in tmp_path.
+    cmd = command(out, "--work", str(tmp_path / "work"))
     proc = subprocess.Popen(
-        command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), start_new_session=True
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), start_new_session=True
     )
     try:
         give_up = time.monotonic() + 300
