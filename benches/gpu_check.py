@@ -707,10 +707,17 @@ def stage_sample(ctx: Context, r: StageResult) -> None:
     r.figures["resample_process_s"] = second.seconds
     cmp = ctx.worker("compare-pngs", {"a": str(kept), "b": str(out), "indices": again})
     r.figures.update(cmp)
-    if cmp["identical_files"] != len(again):
+    # On the CPU every image is the same whatever the batch size. On CUDA another batch size may pick other GEMM
+    # kernels, so bf16 rounding may differ (as tests/test_sample.py's CUDA test allows): the mean difference over
+    # all pixels must stay below one level, and the report says how many files differ.
+    mean_all = cmp["mean_abs_diff_of_differing"] * cmp["differing_files"] / len(again)
+    r.figures["mean_abs_diff_all"] = mean_all
+    exact = ctx.tiny
+    if (exact and cmp["identical_files"] != len(again)) or mean_all >= 1.0:
         raise StageFailed(
             f"{len(again) - cmp['identical_files']} of {len(again)} images differ between batch sizes "
-            f"{s.sample_batch} and {s.resample_batch} (max pixel difference {cmp['max_abs_diff']})"
+            f"{s.sample_batch} and {s.resample_batch} (mean {mean_all:.3f}, max pixel difference "
+            f"{cmp['max_abs_diff']})"
         )
 
 

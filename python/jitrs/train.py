@@ -359,6 +359,7 @@ class Run:
         self.judge = self._judge()
         self.pending: list[torch.Tensor] = []  # per-step mean losses not yet read back (reading one syncs)
         self.grad_norms: list[torch.Tensor] = []
+        self.data_wait_s, self.data_waits = 0.0, []  # data waits not yet logged: seconds (CPU), event pairs (CUDA)
         self.last_loss = float("nan")
         self.t_log, self.images_since = time.perf_counter(), 0
         self.t_start = time.perf_counter()
@@ -457,7 +458,7 @@ class Run:
             group["lr"] = lr
         step_loss = torch.zeros((), device=d.device)
         for a in range(s.accum):
-            batch = next(self.batches)
+            batch = self.next_batch()
             sub = self.plan.sub_batch(step, a)
             torch.manual_seed(step_seed(cfg.seed, step, -1 - sub))  # dropout masks: per sub-batch, like the data
             self.gen.manual_seed(step_seed(cfg.seed, step, sub))
@@ -495,6 +496,22 @@ class Run:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() > 0
 
+    def next_batch(self) -> Any:
+        """The next micro-batch, timing how long the device waited for it: on CUDA the gap between two events on
+        the stream around the wait (the host may block here while the GPU is still busy, which is no starvation),
+        on the CPU the wall time."""
+        if self.d.device.type != "cuda":
+            start = time.perf_counter()
+            batch = next(self.batches)
+            self.data_wait_s += time.perf_counter() - start
+            return batch
+        before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        before.record()
+        batch = next(self.batches)
+        after.record()
+        self.data_waits.append((before, after))
+        return batch
+
     def flush(self, step: int) -> None:
         """Read back the losses of the last steps, check them, log one row; raises DivergedError on NaN/inf."""
         if not self.pending:
@@ -508,6 +525,9 @@ class Run:
             where = f"; the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else ""
             raise DivergedError(f"the loss became {value} by step {step}; stopping without saving{where}")
         now = time.perf_counter()
+        # float(loss) synchronised the stream: every event of the window has its time.
+        wait = self.data_wait_s + sum(a.elapsed_time(b) for a, b in self.data_waits) / 1000
+        self.data_wait_s, self.data_waits = 0.0, []
         row: dict[str, Any] = {
             "step": step,
             "epoch": step // self.plan.steps_per_epoch,
@@ -515,6 +535,8 @@ class Run:
             "lr": self.opt.param_groups[0]["lr"],
             "images_per_s": self.images_since / max(now - self.t_log, 1e-9),
             "bad_images": len(self.loader.bad_files),
+            "data_wait_s": wait,  # time the device waited for data in this window
+            "data_wait_frac": wait / max(now - self.t_log, 1e-9),
         }
         if self.grad_norms:
             row["grad_norm"] = float(torch.stack(self.grad_norms).mean())
