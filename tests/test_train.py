@@ -161,7 +161,7 @@ def test_run_directory_contents(tmp_path: Path, env) -> None:
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # log every 2 steps, plus a read-back before each checkpoint
     assert all(np.isfinite(r["loss"]) and r["bad_images"] == 0 for r in rows)
     # The wait for data is measured per window (the first window includes the loader's start-up).
-    assert all(0 < r["data_wait_s"] and 0 < r["data_wait_frac"] <= 1 for r in rows), rows
+    assert all(r["data_wait_s"] > 0 and 0 < r["data_wait_frac"] <= 1 for r in rows), rows
     with Image.open(out / "samples" / "step-0000004.png") as grid:
         # one labelled row per class, 10 seeds each, 16 px tiles shown at 48 px (layout: tests/test_grid.py)
         assert grid.format == "PNG" and grid.width > 10 * 48 and grid.height > 10 * 48
