@@ -33,3 +33,33 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+# `jitrs ARGS...` whose process SIGKILLs itself inside the `call`-th call of `module.function` (a writer that
+# takes the open file as argument `file_arg`), after writing the start of a zip to it: a kill at a fixed point of
+# a write, the worst moment, instead of one that depends on timing.
+_KILL_DURING_WRITE = """
+import importlib, os, signal, sys
+from jitrs.cli import main
+module_name, function, call, file_arg, *argv = sys.argv[1:]
+module = importlib.import_module(module_name)
+real = getattr(module, function)
+calls = 0
+def write(*args, **kwargs):
+    global calls
+    calls += 1
+    if calls == int(call):
+        args[int(file_arg)].write(b"PK\\x03\\x04 torn")
+        args[int(file_arg)].flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+setattr(module, function, write)
+sys.argv = ["jitrs", *argv]
+main()
+"""
+
+
+def kill_during_write(target: str, call: int, file_arg: int, *args: str | Path | int) -> list[str]:
+    """The command line of `jitrs ARGS` killed during the `call`-th call of `target` ("numpy.savez")."""
+    module, _, function = target.rpartition(".")
+    return [sys.executable, "-c", _KILL_DURING_WRITE, module, function, str(call), str(file_arg), *map(str, args)]

@@ -33,7 +33,7 @@ from jitrs.sample import (
     to_pixels,
 )
 from testkit.checkpoints import TINY, make_checkpoint
-from testkit.cli import PYTHONPATH, one_error_line, run_cli
+from testkit.cli import PYTHONPATH, kill_during_write, one_error_line, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -183,28 +183,6 @@ def test_two_processes_make_the_same_images_as_one(ckpt: Path, tmp_path: Path) -
     assert np.array_equal(a, np.load(tmp_path / "two" / npz_name(9, 16))["arr_0"])
 
 
-# Runs `jitrs sample` and SIGKILLs the whole process from inside its writer thread at a fixed point: while the
-# npz part of the third batch is half written (its PNGs are already on disk) — the worst moment for the store.
-KILL_MID_WRITE = """
-import os, signal, sys
-import numpy as np
-from jitrs.cli import main
-batches = 0
-real_savez = np.savez
-def savez(file, **arrays):
-    global batches
-    batches += 1
-    if batches == 3:
-        file.write(b"PK\\x03\\x04 torn")
-        file.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_savez(file, **arrays)
-np.savez = savez
-sys.argv = ["jitrs", *sys.argv[1:]]
-main()
-"""
-
-
 def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
     ckpt = make_checkpoint(tmp_path / "k.pt", TINY | {"input_size": 32}, seed=1)
     n, batch = 24, 2
@@ -212,7 +190,11 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
     killed = subprocess.run(
-        [sys.executable, "-c", KILL_MID_WRITE, *map(str, args), "--out", str(out)], env=env, capture_output=True
+        # SIGKILLed from inside the writer thread while the npz part of the third batch is half written (its PNGs
+        # are already on disk): the worst moment for the store.
+        kill_during_write("numpy.savez", 3, 0, *args, "--out", out),
+        env=env,
+        capture_output=True,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert len(list(out.glob("[0-9]*.png"))) == 3 * batch  # the third batch's PNGs were written...

@@ -26,6 +26,7 @@ from jitrs.model import JiT
 from jitrs.rundir import DirLock
 from jitrs.train import default_noise_scale, learning_rate, param_groups, resolve
 from jitrs.train_config import DEMO, TrainConfig, build_config, read_config_file
+from testkit.cli import kill_during_write
 
 TINY = [
     "--model", "JiT-S/4",
@@ -292,31 +293,11 @@ def test_a_second_job_on_a_directory_is_refused_and_a_dead_jobs_lock_is_taken_ov
     assert steps_of(out) == [1] and (out / ".lock").read_text() == ""  # released on exit
 
 
-# `jitrs train`, SIGKILLed from inside its second checkpoint write, half of the file written: the worst moment.
-KILL_MID_CHECKPOINT = """
-import os, signal, sys
-import torch
-from jitrs.cli import main
-saves = 0
-real_save = torch.save
-def save(obj, f, *args, **kwargs):
-    global saves
-    saves += 1
-    if saves == 2:
-        f.write(b"PK\\x03\\x04 half a checkpoint")
-        f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_save(obj, f, *args, **kwargs)
-torch.save = save
-sys.argv = ["jitrs", "train", *sys.argv[1:]]
-main()
-"""
-
-
 def test_resume_survives_a_kill_mid_checkpoint_and_a_torn_log_line(tmp_path: Path, env) -> None:
     out = tmp_path / "run"
     args = small_run(out, "--steps", "6", "--ckpt-every", "2")
-    killed = subprocess.run([sys.executable, "-c", KILL_MID_CHECKPOINT, *args], env=env, capture_output=True)
+    # SIGKILLed from inside the second checkpoint write, half of the file written: the worst moment.
+    killed = subprocess.run(kill_during_write("torch.save", 2, 1, "train", *args), env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert steps_of(out) == [2]  # the step-4 checkpoint never appeared under its name...
     (temp,) = out.glob(".checkpoint-0000004.pt.*.tmp")  # ...only as the killed writer's hidden temp file
