@@ -33,21 +33,36 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
+def naming(path: Path | str, instead_of: Path | None = None) -> Iterator[None]:
+    """Give an OSError raised inside the block `path` as its file name when it names none (or names `instead_of`,
+    a temporary file): a failed write() on a full disk names no file, and the CLI's one-line error must say
+    which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None and (instead_of is None or os.fspath(e.filename) != os.fspath(instead_of)):
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+@contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` for the caller to write; on success it replaces `path` durably.
 
     The temporary name ends in .tmp: writers that pick a format by extension must be told the format.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with naming(path):
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
+        with naming(path, instead_of=tmp):
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -70,6 +70,17 @@ def clear_run(run_dir: Path) -> None:
             shutil.rmtree(run_dir / name)
 
 
+def remove_if_unused(run_dir: Path) -> bool:
+    """Delete run_dir when it holds nothing but what a job refused before its first step writes (its lock, the
+    data index, an empty TensorBoard log): a failed validation leaves no directory behind. Returns True if gone."""
+    if holds_run(run_dir):
+        return False
+    if any(p.name not in (LOCK_NAME, "index.json", "tb") for p in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir)
+    return True
+
+
 def remove_stale_temps(run_dir: Path) -> list[Path]:
     """Delete the hidden temp files (`.NAME.*.tmp`, jitrs.atomic) that writers killed mid-write left; only safe
     while holding the directory's lock. Returns what was removed."""

@@ -4,13 +4,14 @@ lines when the output is not a terminal), and the plots of the loss and of the q
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jitrs.atomic import atomic_path, atomic_write_text
+from jitrs.atomic import atomic_path, atomic_write_text, naming
 
 
 class RunLog:
@@ -21,6 +22,7 @@ class RunLog:
         self.console = Console(stderr=True)
         self.metrics = run_dir / "metrics.jsonl"
         self.quality = run_dir / "quality.jsonl"  # the built-in quality score of each sample grid
+        self.tb = run_dir / "tb"
         self.progress: Progress | None = None
         self.writer: Any = None
         if not enabled:
@@ -39,7 +41,8 @@ class RunLog:
                 atomic_write_text(log, "".join(line + "\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+        threading.excepthook = _quiet_tensorboard_thread
+        self.writer = SummaryWriter(str(self.tb), purge_step=start_step + 1)
         if self.console.is_terminal:
             self.progress = Progress(
                 TextColumn("step {task.completed}/{task.total}"),
@@ -64,11 +67,11 @@ class RunLog:
         """Append a row to metrics.jsonl and TensorBoard, and update the bar (or print a line)."""
         if not self.enabled:
             return
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        for key in ("loss", "lr", "images_per_s", "grad_norm"):
-            if key in row:
-                self.writer.add_scalar(f"train/{key}", row[key], row["step"])
+        _append(self.metrics, row)
+        with naming(self.tb):
+            for key in ("loss", "lr", "images_per_s", "grad_norm"):
+                if key in row:
+                    self.writer.add_scalar(f"train/{key}", row[key], row["step"])
         info = f"epoch {row['epoch']}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s"
         if self.progress is not None:
             self.progress.update(self.task, completed=row["step"], info=info)
@@ -79,10 +82,10 @@ class RunLog:
         """Append a quality score (jitrs.quality.Score fields and the step) to quality.jsonl and TensorBoard."""
         if not self.enabled:
             return
-        with open(self.quality, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        for key in ("accuracy", "fd"):
-            self.writer.add_scalar(f"quality/{key}", row[key], row["step"])
+        _append(self.quality, row)
+        with naming(self.tb):
+            for key in ("accuracy", "fd"):
+                self.writer.add_scalar(f"quality/{key}", row[key], row["step"])
 
     @staticmethod
     def rows(log: Path) -> list[dict[str, Any]]:
@@ -94,7 +97,20 @@ class RunLog:
         if self.progress is not None:
             self.progress.stop()
         if self.writer is not None:
-            self.writer.close()
+            with naming(self.tb):
+                self.writer.close()
+
+
+def _append(log: Path, row: dict[str, Any]) -> None:
+    with naming(log), open(log, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _quiet_tensorboard_thread(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard writes from a thread; a write failure there (a full disk) is raised again in the main thread at
+    the next call, where the CLI turns it into one line, but the thread would first print a traceback of its own."""
+    if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
+        threading.__excepthook__(args)
 
 
 def _step(line: str) -> int | None:

@@ -240,18 +240,28 @@ def train(cfg: TrainConfig, resume: tuple[Path, Any] | None = None) -> int:
     image_root(data_root(cfg.data))  # a missing --data is reported before --out is created or locked
     try:
         with claim_run_dir(cfg, d, resume):
-            run = Run(cfg, d, resume)
-            resume = None  # the checkpoint's tensors are in the model and optimiser now: let the host copy go
+            run: Run | None = None
             try:
-                done = run.loop()
-                score = run.final_score(done)
-            finally:
-                run.close()
+                run = Run(cfg, d, resume)
+                resume = None  # the checkpoint's tensors are in the model and optimiser now: let the host copy go
+                try:
+                    done = run.loop()
+                    score = run.final_score(done)
+                finally:
+                    run.close()
+            except OSError as e:  # a full disk, a read-only or vanished --out: whichever writer met it first
+                raise write_failure(e, Path(cfg.out), run.last_ckpt if run else None) from None
             run.summary(done, score)
             return 128 + run.stop_signal if run.stop_signal is not None else 0
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def write_failure(e: OSError, run_dir: Path, last_ckpt: Path | None) -> WriteFailure:
+    """The one-line error of a failed write: the file, the reason, and what survives of the run."""
+    last = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was saved"
+    return WriteFailure(f"cannot write {e.filename or run_dir}: {e.strerror or e}; {last}")
 
 
 REFUSE_INIT_WITH_RESUME = (
@@ -268,7 +278,19 @@ def claim_run_dir(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) ->
         yield
         return
     out = Path(cfg.out)
+    created = not out.exists()
     writable_dir(out)
+    try:
+        with _claimed(out, cfg, resume):
+            yield
+    except BaseException:
+        if created:
+            rundir.remove_if_unused(out)
+        raise
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, cfg: TrainConfig, resume: tuple[Path, Any] | None) -> Iterator[None]:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     with rundir.DirLock(out) as lock:
         if lock.took_over:
@@ -572,11 +594,7 @@ class Run:
             rng={"seed": self.cfg.seed},
             train_config=self.cfg.to_dict(),
         )
-        try:
-            jitrs.save_checkpoint(path, payload)
-        except OSError as e:
-            last = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was saved"
-            raise WriteFailure(f"cannot write {path}: {e.strerror or e}; {last}") from None
+        jitrs.save_checkpoint(path, payload)
         if self.cfg.keep_last:
             for _, old in rundir.list_checkpoints(self.run_dir)[: -self.cfg.keep_last]:
                 old.unlink(missing_ok=True)
