@@ -25,7 +25,7 @@ from jitrs.grid import image_grid
 from jitrs.model import JiT
 from jitrs.rundir import DirLock
 from jitrs.train import default_noise_scale, learning_rate, param_groups, resolve
-from jitrs.train_config import DEMO, TrainConfig, build_config, read_config_file
+from jitrs.train_config import DEMO, TrainConfig, build_config, read_config_file, refuse_changed_architecture
 from testkit.cli import kill_during_write
 
 TINY = [
@@ -270,6 +270,11 @@ def test_an_existing_run_is_never_trained_over_by_accident(tmp_path: Path, env) 
     assert "is at step 3" in last_error(run(["--resume", str(out), "--steps", "2"], env, check=False))
     line = last_error(run(["--resume", str(out), "--init", str(out), "--steps", "5"], env, check=False))
     assert "--init and --resume exclude each other" in line
+    # Options that contradict the checkpoint: another architecture, another number of images per step.
+    line = last_error(run(["--resume", str(out), "--steps", "5", "--model-arg", "depth=3"], env, check=False))
+    assert line.startswith(f"error: --model-arg depth=3: {out}/checkpoint-0000003.pt was trained with depth=2"), line
+    line = last_error(run(["--resume", str(out), "--steps", "5", "--batch-size", "4"], env, check=False))
+    assert "was trained with 8 images per step and this run would take 4" in line, line
     assert files_of(out) == before  # nothing touched by any refusal
     # --init takes a run directory's newest checkpoint, into a new run.
     proc = run(small_run(tmp_path / "ft", "--steps", "1", "--init", str(out)), env)
@@ -466,11 +471,31 @@ def test_config_file_layers(tmp_path: Path) -> None:
     assert (demo.data, demo.steps, demo.res, demo.flip) == ("builtin:mnist", 7, 28, False)
     merged = build_config({"model_args": {"depth": 2}}, {}, demo=True, defaults=TrainConfig().to_dict())
     assert merged.model_args == {**DEMO["model_args"], "depth": 2}  # --model-arg adds to the demo's, key by key
+    both = tmp_path / "m.toml"  # the flag's own name, beside the table
+    both.write_text('model-arg = ["depth=4", "proj_drop=0.1"]\n[model_args]\ndepth = 3\nnum_heads = 2\n')
+    assert read_config_file(both) == {"model_args": {"depth": 4, "proj_drop": 0.1, "num_heads": 2}}
+    (tmp_path / "n.toml").write_text("model-arg = 4\n")
+    with pytest.raises(UserError, match="model-arg must be a list of KEY=VALUE strings"):
+        read_config_file(tmp_path / "n.toml")
     with pytest.raises(UserError, match="demo = 'no' in the config file: use true or false"):
         build_config({}, {"demo": "no"}, demo=False, defaults=TrainConfig().to_dict())
     with pytest.raises(UserError, match="cannot parse"):
         (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
         read_config_file(tmp_path / "bad.yaml")
+
+
+def test_resume_accepts_the_runs_own_architecture_and_refuses_another() -> None:
+    saved = {"model": "JiT-S/4", "res": 16, "model_args": {"depth": 2, "hidden_size": 32}}
+    ckpt = Path("run/checkpoint-0000003.pt")
+    refuse_changed_architecture({"model": "JiT-S/4", "res": 16, "model_args": {"depth": 2}, "blr": 1.0}, saved, ckpt)
+    for explicit, words in [
+        ({"model_args": {"depth": 3}}, "--model-arg depth=3: run/checkpoint-0000003.pt was trained with depth=2"),
+        ({"model_args": {"num_heads": 4}}, "--model-arg num_heads=4: .* was trained with num_heads=its model default"),
+        ({"model": "JiT-B/16"}, "--model JiT-B/16: .* was trained with --model JiT-S/4"),
+        ({"res": 32}, "--res 32: .* was trained with --res 16"),
+    ]:
+        with pytest.raises(UserError, match=words):
+            refuse_changed_architecture(explicit, saved, ckpt)
 
 
 def test_paper_defaults_by_resolution() -> None:

@@ -339,6 +339,14 @@ class Run:
         )
         self.plan = Plan(len(index), cfg.batch_size, self.s.accum, d.world, d.rank, cfg.seed, cfg.flip)
         self.start_step = int(resume[1].step) if resume else 0
+        saved_batch = resume[1].raw.get("global_batch") if resume else None
+        if saved_batch is not None and saved_batch != self.plan.global_batch:
+            raise UserError(
+                f"{resume[0]} was trained with {saved_batch} images per step and this run would take "
+                f"{self.plan.global_batch}: the data order and the schedule count those steps, so keep --batch-size × "
+                f"processes × accumulation (or --global-batch) at {saved_batch}",
+                param="resume",
+            )
         if resume is not None and self.start_step >= self.s.total_steps:
             raise UserError(
                 f"the checkpoint {resume[0]} is at step {self.start_step} and the run's length is "
@@ -589,6 +597,7 @@ class Run:
             step=step,
             epoch=step // self.plan.steps_per_epoch,
             position=step % self.plan.steps_per_epoch,
+            global_batch=self.plan.global_batch,
             optimizer=optimizer,
             # All randomness derives from this seed and the step (module docstring): no generator state to keep.
             rng={"seed": self.cfg.seed},

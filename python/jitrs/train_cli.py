@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from jitrs.errors import UserError
-from jitrs.train_config import TrainConfig, build_config, parse_model_args, read_config_file, resumed_defaults
+from jitrs.train_config import (
+    TrainConfig,
+    build_config,
+    parse_model_args,
+    read_config_file,
+    refuse_changed_architecture,
+    resumed_defaults,
+)
 
 Opt = typer.Option
 D = TrainConfig()
@@ -128,5 +135,6 @@ def train_command(
     if explicit.get("init", file_options.get("init")) is not None:
         raise UserError(REFUSE_INIT_WITH_RESUME)
     checkpoint, ckpt = load_resume(resume_path)
+    refuse_changed_architecture(explicit, ckpt.raw["train_config"], checkpoint)
     defaults = resumed_defaults(resume_path, ckpt.raw["train_config"], checkpoint)
     return train(build_config(explicit, file_options, demo, defaults), resume=(checkpoint, ckpt))

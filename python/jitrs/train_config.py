@@ -185,10 +185,19 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"--config {path}: expected a table of options at the top level")
     options = {str(k).replace("-", "_"): v for k, v in raw.items()}
-    unknown = sorted(set(options) - set(_FIELDS) - {"config", "demo"})
+    unknown = sorted(set(options) - set(_FIELDS) - {"config", "demo", "model_arg"})
     if unknown:
         raise UserError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
     options.pop("config", None)
+    if "model_arg" in options:  # the flag's own name, as a list of KEY=VALUE like the command line's
+        items = options.pop("model_arg")
+        items = [items] if isinstance(items, str) else items
+        if not (isinstance(items, list) and all(isinstance(i, str) for i in items)):
+            raise UserError(f'--config {path}: model-arg must be a list of KEY=VALUE strings, e.g. ["depth=4"]')
+        table = options.get("model_args", {})
+        if not isinstance(table, dict):
+            raise UserError(f"--config {path}: model_args must be a table of KEY = VALUE")
+        options["model_args"] = {**table, **parse_model_args(items)}
     return options
 
 
@@ -221,6 +230,29 @@ def build_config(
         merged.update(layer)
         merged["model_args"] = model_args
     return TrainConfig(**merged)
+
+
+# The model a resumed run trains is the checkpoint's: options that would build another are refused, not ignored.
+def refuse_changed_architecture(explicit: dict[str, Any], saved: dict[str, Any], checkpoint: Path) -> None:
+    """UserError when a --resume command line asks for another architecture than the checkpoint's run (repeating
+    the run's own values is fine)."""
+    for key, value in (explicit.get("model_args") or {}).items():
+        if saved.get("model_args", {}).get(key) != value:
+            raise UserError(
+                f"--model-arg {key}={value}: {checkpoint} was trained with {key}="
+                f"{saved.get('model_args', {}).get(key, 'its model default')}; {_RESUME_KEEPS_THE_MODEL}"
+            )
+    for key in ("model", "res"):
+        if key in explicit and key in saved and explicit[key] != saved[key]:
+            raise UserError(
+                f"--{key} {explicit[key]}: {checkpoint} was trained with --{key} {saved[key]}; "
+                + _RESUME_KEEPS_THE_MODEL
+            )
+
+
+_RESUME_KEEPS_THE_MODEL = (
+    "--resume continues that model (to train another architecture from these weights, start a new run with --init)"
+)
 
 
 def resumed_defaults(resume: str, saved: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
