@@ -75,6 +75,7 @@ def load_batch(
     max_pixels: int = 178956970,
     *,
     names: Sequence[str] | None = None,
+    partial_decode: bool = True,
 ) -> npt.NDArray[np.uint8]: ...
 @overload
 def load_batch(
@@ -87,4 +88,5 @@ def load_batch(
     on_error: Literal["skip"],
     max_pixels: int = 178956970,
     names: Sequence[str] | None = None,
+    partial_decode: bool = True,
 ) -> tuple[npt.NDArray[np.uint8], list[tuple[int, str]]]: ...

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use rayon::ThreadPool;
 
 use crate::crop;
-use crate::decode::Decoder;
+use crate::decode::{Decoder, Window};
 use crate::error::Error;
 use crate::source::{named, Reader, Source};
 
@@ -18,6 +18,25 @@ pub enum OnError {
     Raise,
     /// Zero the failing image's slot and go on with the rest.
     Skip,
+}
+
+/// How `load_batch_into` decodes each image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decode {
+    /// Refuse an image whose header declares more pixels (the decompression-bomb guard).
+    pub max_pixels: u64,
+    /// Decode only the part of a JPEG the crop reads (the same pixels; `false` decodes every pixel,
+    /// the way to measure what that saves).
+    pub partial: bool,
+}
+
+impl Decode {
+    pub fn new(max_pixels: u64) -> Self {
+        Self {
+            max_pixels,
+            partial: true,
+        }
+    }
 }
 
 /// The images of a batch that could not be loaded, by increasing index.
@@ -39,22 +58,31 @@ impl Worker {
         name: &str,
         size: usize,
         flip: bool,
-        max_pixels: u64,
+        decode: Decode,
         slot: &mut [u8],
     ) -> Result<(), Error> {
         let data = self
             .reader
             .read(source)
             .map_err(|e| named(e, source, name))?;
-        let (width, height) = self
+        let scratch = &mut self.scratch;
+        let needed = |width, height| {
+            if decode.partial {
+                crop::source_window(width, height, size, scratch)
+            } else {
+                Window::full(width, height)
+            }
+        };
+        let (width, height, window) = self
             .decoder
-            .decode_into(data, max_pixels, &mut self.pixels)
+            .decode_window_into(data, decode.max_pixels, needed, &mut self.pixels)
             .map_err(|reason| Error::Decode {
                 origin: name.to_owned(),
                 reason,
             })?;
-        crop::center_crop_into(
+        crop::center_crop_window_into(
             &self.pixels,
+            &window,
             width,
             height,
             size,
@@ -77,7 +105,7 @@ pub fn load_batch_into(
     names: &[String],
     size: usize,
     flips: &[bool],
-    max_pixels: u64,
+    decode: Decode,
     on_error: OnError,
     pool: &ThreadPool,
     out: &mut [u8],
@@ -117,9 +145,7 @@ pub fn load_batch_into(
                     if on_error == OnError::Raise && index > first_failure.load(Ordering::Relaxed) {
                         return None;
                     }
-                    let error = worker
-                        .load(source, name, size, flip, max_pixels, slot)
-                        .err()?;
+                    let error = worker.load(source, name, size, flip, decode, slot).err()?;
                     slot.fill(0);
                     first_failure.fetch_min(index, Ordering::Relaxed);
                     Some((index, error))
@@ -194,7 +220,7 @@ mod tests {
             &names,
             size,
             &flips,
-            DEFAULT_MAX_PIXELS,
+            Decode::new(DEFAULT_MAX_PIXELS),
             OnError::Skip,
             &pool,
             &mut out,
@@ -223,7 +249,7 @@ mod tests {
             &names,
             4,
             &[false],
-            DEFAULT_MAX_PIXELS,
+            Decode::new(DEFAULT_MAX_PIXELS),
             OnError::Raise,
             &pool,
             &mut out,
@@ -235,7 +261,7 @@ mod tests {
             &names,
             4,
             &[],
-            DEFAULT_MAX_PIXELS,
+            Decode::new(DEFAULT_MAX_PIXELS),
             OnError::Raise,
             &pool,
             &mut out,
