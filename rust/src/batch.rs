@@ -68,7 +68,7 @@ impl Worker {
         let scratch = &mut self.scratch;
         let needed = |width, height| {
             if decode.partial {
-                crop::source_window(width, height, size, scratch)
+                crop::source_window(width, height, size, flip, scratch)
             } else {
                 Window::full(width, height)
             }

@@ -54,10 +54,17 @@ pub fn adm_resizes(width: usize, height: usize, size: usize) -> Vec<(usize, usiz
     resizes
 }
 
-/// The source pixels the ADM crop of a `width`×`height` image to `size` reads (flipped or not): the
-/// kept output square walked back through every resize with the filters' support.
-pub fn source_window(width: usize, height: usize, size: usize, scratch: &mut Scratch) -> Window {
-    plan(width, height, size, false, scratch).1
+/// The source pixels the ADM crop of a `width`×`height` image to `size` reads (the same flipped or
+/// not): the kept output square walked back through every resize with the filters' support. The taps
+/// it builds stay in `scratch` for [`center_crop_window_into`] with the same arguments.
+pub fn source_window(
+    width: usize,
+    height: usize,
+    size: usize,
+    flip: bool,
+    scratch: &mut Scratch,
+) -> Window {
+    plan(width, height, size, flip, scratch).1
 }
 
 /// Builds the taps of every resize of the chain for the kept outputs; returns the resizes and the
