@@ -10,6 +10,7 @@
 //! Only the pixels the crop keeps are computed: the kept output ranges are walked back through the
 //! resize steps to find the input rectangle each step needs (see `resample`).
 
+use crate::decode::Window;
 use crate::resample::{horizontal, vertical, vertical_first, AxisTaps, Column, Filter, Plane};
 
 /// The taps of one resize of the ADM chain, for the outputs that later steps use.
@@ -53,19 +54,28 @@ pub fn adm_resizes(width: usize, height: usize, size: usize) -> Vec<(usize, usiz
     resizes
 }
 
-/// ADM center crop of an interleaved RGB image (`width`×`height`×3 bytes, row-major) to
-/// `size`×`size`×3 bytes in `out`, mirrored left-right when `flip`.
-///
-/// Callers guarantee `src.len() == width*height*3`, `out.len() == size*size*3`, all sizes >= 1.
-pub fn center_crop_into(
-    src: &[u8],
+/// The source pixels the ADM crop of a `width`×`height` image to `size` reads (the same flipped or
+/// not): the kept output square walked back through every resize with the filters' support. The taps
+/// it builds stay in `scratch` for [`center_crop_window_into`] with the same arguments.
+pub fn source_window(
     width: usize,
     height: usize,
     size: usize,
     flip: bool,
-    out: &mut [u8],
     scratch: &mut Scratch,
-) {
+) -> Window {
+    plan(width, height, size, flip, scratch).1
+}
+
+/// Builds the taps of every resize of the chain for the kept outputs; returns the resizes and the
+/// source columns and rows they read.
+fn plan(
+    width: usize,
+    height: usize,
+    size: usize,
+    flip: bool,
+    scratch: &mut Scratch,
+) -> (Vec<(usize, usize, Filter)>, Window) {
     let resizes = adm_resizes(width, height, size);
     let n_steps = resizes.len();
     if scratch.steps.len() < n_steps {
@@ -93,9 +103,67 @@ pub fn center_crop_into(
         kept_x = step.columns.lo()..step.columns.hi();
         kept_y = step.rows.lo()..step.rows.hi();
     }
+    (
+        resizes,
+        Window {
+            x: kept_x,
+            y: kept_y,
+        },
+    )
+}
 
-    let stride = width * 3;
-    let region = &src[kept_y.start * stride + kept_x.start * 3..];
+/// ADM center crop of an interleaved RGB image (`width`×`height`×3 bytes, row-major) to
+/// `size`×`size`×3 bytes in `out`, mirrored left-right when `flip`.
+///
+/// Callers guarantee `src.len() == width*height*3`, `out.len() == size*size*3`, all sizes >= 1.
+pub fn center_crop_into(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    size: usize,
+    flip: bool,
+    out: &mut [u8],
+    scratch: &mut Scratch,
+) {
+    let window = Window::full(width, height);
+    center_crop_window_into(src, &window, width, height, size, flip, out, scratch);
+}
+
+/// [`center_crop_into`] from only a `window` of the `width`×`height` image: `src` holds the window's
+/// pixels (row-major RGB), which must contain [`source_window`]. Every coefficient and position is
+/// computed in full-image coordinates, so the crop equals the crop of the whole image.
+#[allow(clippy::too_many_arguments)]
+pub fn center_crop_window_into(
+    src: &[u8],
+    window: &Window,
+    width: usize,
+    height: usize,
+    size: usize,
+    flip: bool,
+    out: &mut [u8],
+    scratch: &mut Scratch,
+) {
+    let (
+        resizes,
+        Window {
+            x: kept_x,
+            y: kept_y,
+        },
+    ) = plan(width, height, size, flip, scratch);
+    let n_steps = resizes.len();
+    let steps = &scratch.steps[..n_steps];
+    debug_assert!(
+        window.x.start <= kept_x.start
+            && kept_x.end <= window.x.end
+            && window.y.start <= kept_y.start
+            && kept_y.end <= window.y.end
+            && src.len() == window.x.len() * window.y.len() * 3,
+        "the window {window:?} does not hold the crop's source {kept_x:?} x {kept_y:?}"
+    );
+
+    let stride = window.x.len() * 3;
+    let region =
+        &src[(kept_y.start - window.y.start) * stride + (kept_x.start - window.x.start) * 3..];
     if n_steps == 0 {
         for (r, out_row) in out.chunks_exact_mut(size * 3).enumerate() {
             let row = &region[r * stride..][..size * 3];

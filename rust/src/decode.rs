@@ -8,11 +8,11 @@
 mod jpeg;
 mod png;
 
-use std::fs::File;
-use std::io::Read;
+use std::ops::Range;
 use std::path::Path;
 
 use crate::error::{DecodeFailure, Error};
+use crate::source::{named, Reader, Source};
 
 /// Pillow's decompression-bomb error threshold: `2 * Image.MAX_IMAGE_PIXELS`.
 pub const DEFAULT_MAX_PIXELS: u64 = 2 * 89_478_485;
@@ -28,12 +28,28 @@ pub struct RgbImage {
     pub pixels: Vec<u8>,
 }
 
+/// A rectangle of an image in full-image coordinates: columns `x`, rows `y`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub x: Range<usize>,
+    pub y: Range<usize>,
+}
+
+impl Window {
+    /// The whole of a `width`×`height` image.
+    pub fn full(width: usize, height: usize) -> Self {
+        Self {
+            x: 0..width,
+            y: 0..height,
+        }
+    }
+}
+
 /// Decoding state reused across images on one thread: the libjpeg-turbo handle and the buffers,
 /// so a stream of images allocates only when an image is larger than every one before it.
 #[derive(Default)]
 pub struct Decoder {
     jpeg: Option<jpeg::Decompressor>,
-    file: Vec<u8>,
     scratch: Vec<u8>,
 }
 
@@ -52,44 +68,45 @@ impl Decoder {
         max_pixels: u64,
         out: &mut Vec<u8>,
     ) -> Result<(usize, usize), DecodeFailure> {
+        self.decode_window_into(data, max_pixels, Window::full, out)
+            .map(|(width, height, _)| (width, height))
+    }
+
+    /// Decodes at least the part `needed(width, height)` of an image (a caller's window, asked for
+    /// once the header told the size) into `out` and returns `(width, height, window)`: `out` holds
+    /// the `window` of the image, row-major RGB, every pixel equal to the full decode's.
+    ///
+    /// JPEG decodes just the needed rows and the iMCU columns around the needed columns (libjpeg-turbo's
+    /// partial decompression), widened so that no pixel the caller reads is next to a cut edge:
+    /// libjpeg's fancy chroma upsampling treats a cut edge as the image's edge, so the window's first
+    /// and last columns may differ from the full decode. PNG always decodes the whole image.
+    pub fn decode_window_into(
+        &mut self,
+        data: &[u8],
+        max_pixels: u64,
+        needed: impl FnOnce(usize, usize) -> Window,
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, usize, Window), DecodeFailure> {
         if data.is_empty() {
             Err(DecodeFailure::Empty)
         } else if data.starts_with(JPEG_MAGIC) {
-            self.decode_jpeg(data, max_pixels, out)
+            self.decode_jpeg(data, max_pixels, needed, out)
         } else if data.starts_with(PNG_MAGIC) {
-            png::decode(data, max_pixels, out, &mut self.scratch)
+            let (width, height) = png::decode(data, max_pixels, out, &mut self.scratch)?;
+            Ok((width, height, Window::full(width, height)))
         } else {
             let head: Vec<String> = data.iter().take(8).map(|b| format!("{b:02x}")).collect();
             Err(DecodeFailure::UnknownFormat(head.join(" ")))
         }
     }
 
-    /// Reads and decodes the file at `path` into `out`, as [`Decoder::decode_into`].
-    pub fn decode_file_into(
-        &mut self,
-        path: &Path,
-        max_pixels: u64,
-        out: &mut Vec<u8>,
-    ) -> Result<(usize, usize), Error> {
-        let mut data = std::mem::take(&mut self.file);
-        let read = read_file(path, &mut data);
-        let decoded = read.and_then(|()| {
-            self.decode_into(&data, max_pixels, out)
-                .map_err(|reason| Error::Decode {
-                    origin: path.display().to_string(),
-                    reason,
-                })
-        });
-        self.file = data;
-        decoded
-    }
-
     fn decode_jpeg(
         &mut self,
         data: &[u8],
         max_pixels: u64,
+        needed: impl FnOnce(usize, usize) -> Window,
         out: &mut Vec<u8>,
-    ) -> Result<(usize, usize), DecodeFailure> {
+    ) -> Result<(usize, usize, Window), DecodeFailure> {
         let tj = match &mut self.jpeg {
             Some(tj) => tj,
             empty => empty.insert(jpeg::Decompressor::new()?),
@@ -115,20 +132,75 @@ impl Decoder {
         if jpeg::is_truncated(data) {
             return Err(DecodeFailure::Truncated);
         }
-        let rgb_len = width * height * 3;
-        match header.samples {
-            jpeg::Samples::Rgb => {
-                out.resize(rgb_len, 0);
-                tj.decompress(data, &header, out)?;
+        let full = Window::full(width, height);
+        let window = header.imcu_width.map_or(full.clone(), |imcu| {
+            jpeg_window(needed(width, height), width, height, imcu)
+        });
+        let partial = window != full;
+        let decoded = decode_jpeg_window(tj, data, &header, &window, out, &mut self.scratch);
+        match decoded {
+            Ok(()) => Ok((width, height, window)),
+            // TurboJPEG refuses a few partial decodes its header read allowed (sampling factors it
+            // classifies under a subsampling of a narrower iMCU); the full decode is the reference.
+            Err(_) if partial => {
+                decode_jpeg_window(tj, data, &header, &full, out, &mut self.scratch)?;
+                Ok((width, height, full))
             }
-            jpeg::Samples::Cmyk => {
-                self.scratch.resize(width * height * 4, 0);
-                tj.decompress(data, &header, &mut self.scratch)?;
-                out.resize(rgb_len, 0);
-                inverted_cmyk_to_rgb(&self.scratch, out);
-            }
+            Err(e) => Err(e),
         }
-        Ok((width, height))
+    }
+}
+
+/// The JPEG window to decode for `needed`: its columns widened by one pixel each side, then out to
+/// iMCU boundaries (the left one is where libjpeg-turbo can start; decoding up to the right one costs
+/// nothing more, libjpeg decodes whole iMCU columns anyway), and to at least two iMCUs: a window one
+/// chroma sample wide (2 columns of 4:2:0 at the image's right edge) upsamples differently from the
+/// full image. The rows are the needed rows: libjpeg-turbo skips rows keeping the upsampler's context,
+/// so rows next to a skip are exact. `decode::tests` checks every 1-pixel band and many windows of
+/// every subsampling, baseline and progressive.
+fn jpeg_window(needed: Window, width: usize, height: usize, imcu: usize) -> Window {
+    if needed.x.is_empty() || needed.y.is_empty() {
+        return Window::full(width, height);
+    }
+    let mut x0 = needed.x.start.saturating_sub(1) / imcu * imcu;
+    let x1 = ((needed.x.end.min(width) + 1).div_ceil(imcu) * imcu).min(width);
+    if x1 - x0 < 2 * imcu {
+        x0 = x0.saturating_sub(imcu);
+    }
+    Window {
+        x: x0..x1,
+        y: needed.y.start..needed.y.end.min(height),
+    }
+}
+
+/// Decodes `window` of a JPEG into `out` as RGB (CMYK through `scratch`).
+fn decode_jpeg_window(
+    tj: &mut jpeg::Decompressor,
+    data: &[u8],
+    header: &jpeg::Header,
+    window: &Window,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), DecodeFailure> {
+    let region = jpeg::Region {
+        x: window.x.start,
+        y: window.y.start,
+        width: window.x.len(),
+        height: window.y.len(),
+    };
+    let pixels = region.width * region.height;
+    match header.samples {
+        jpeg::Samples::Rgb => {
+            out.resize(pixels * 3, 0);
+            tj.decompress(data, header, region, out)
+        }
+        jpeg::Samples::Cmyk => {
+            scratch.resize(pixels * 4, 0);
+            tj.decompress(data, header, region, scratch)?;
+            out.resize(pixels * 3, 0);
+            inverted_cmyk_to_rgb(scratch, out);
+            Ok(())
+        }
     }
 }
 
@@ -145,31 +217,26 @@ pub fn decode_bytes(data: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeFail
 
 /// Reads and decodes a JPEG or PNG file.
 pub fn decode_file(path: &Path, max_pixels: u64) -> Result<RgbImage, Error> {
+    let source = Source::File(path.to_path_buf());
+    decode_source(&source, &source.default_name(0), max_pixels)
+}
+
+/// Reads and decodes the image of `source`; errors call it `name`.
+pub fn decode_source(source: &Source, name: &str, max_pixels: u64) -> Result<RgbImage, Error> {
+    let mut reader = Reader::default();
+    let data = reader.read(source).map_err(|e| named(e, source, name))?;
     let mut pixels = Vec::new();
-    let (width, height) = Decoder::new().decode_file_into(path, max_pixels, &mut pixels)?;
+    let (width, height) = Decoder::new()
+        .decode_into(data, max_pixels, &mut pixels)
+        .map_err(|reason| Error::Decode {
+            origin: name.to_owned(),
+            reason,
+        })?;
     Ok(RgbImage {
         width,
         height,
         pixels,
     })
-}
-
-/// Reads the whole file into `buf` (cleared first, capacity kept).
-fn read_file(path: &Path, buf: &mut Vec<u8>) -> Result<(), Error> {
-    let io_error = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound {
-            path: path.to_path_buf(),
-        },
-        _ => Error::Read {
-            path: path.to_path_buf(),
-            source,
-        },
-    };
-    buf.clear();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(buf))
-        .map_err(io_error)?;
-    Ok(())
 }
 
 /// CMYK JPEG samples to RGB exactly as Pillow: it reads every 4-channel JPEG as Adobe-inverted CMYK
@@ -242,6 +309,114 @@ mod tests {
             .map(|(&a, b)| a.abs_diff(b))
             .max();
         assert!(worst.is_some_and(|d| d < 24), "worst difference {worst:?}");
+    }
+
+    /// A gradient with per-pixel noise, so chroma changes between neighbouring samples.
+    fn textured(width: usize, height: usize) -> Vec<u8> {
+        let mut state = 0x2545_f491_u32;
+        gradient(width, height)
+            .into_iter()
+            .map(|v| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                v.wrapping_add((state % 61) as u8)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_holds_the_full_decodes_pixels_where_needed() {
+        let subsamps = [
+            Subsamp::None,
+            Subsamp::Sub2x1,
+            Subsamp::Sub2x2,
+            Subsamp::Sub1x2,
+            Subsamp::Sub4x1,
+            Subsamp::Sub1x4,
+            Subsamp::Gray,
+        ];
+        let mut decoder = Decoder::new();
+        let mut out = Vec::new();
+        let mut cases = 0;
+        for (&subsamp, progressive, (w, h)) in subsamps
+            .iter()
+            .flat_map(|s| [false, true].map(move |p| (s, p)))
+            .flat_map(|(s, p)| [(67, 45), (130, 97), (33, 200), (257, 129)].map(move |d| (s, p, d)))
+        {
+            let format = if subsamp == Subsamp::Gray {
+                PixelFormat::GRAY
+            } else {
+                PixelFormat::RGB
+            };
+            let mut pixels = textured(w, h);
+            if format == PixelFormat::GRAY {
+                pixels = pixels.chunks(3).map(|p| p[0]).collect();
+            }
+            let mut compressor = Compressor::new().expect("compressor");
+            compressor.set_quality(92).expect("quality");
+            compressor.set_subsamp(subsamp).expect("subsamp");
+            compressor
+                .set_progressive(progressive)
+                .expect("progressive");
+            let image = Image {
+                pixels: pixels.as_slice(),
+                width: w,
+                pitch: w * format.size(),
+                height: h,
+                format,
+            };
+            let jpeg = compressor.compress_to_vec(image).expect("compress");
+            let full = decode_bytes(&jpeg, DEFAULT_MAX_PIXELS).expect("full decode");
+            // Every 1-pixel column and row band near the edges (every position modulo the iMCU
+            // sizes), and windows at many offsets from both corners.
+            let near_edge = |v: usize, n: usize| v < 40 || v + 40 >= n;
+            let mut needed: Vec<Window> = (0..w)
+                .filter(|&x| near_edge(x, w))
+                .map(|x| Window {
+                    x: x..x + 1,
+                    y: 0..h,
+                })
+                .chain((0..h).filter(|&y| near_edge(y, h)).map(|y| Window {
+                    x: 0..w,
+                    y: y..y + 1,
+                }))
+                .collect();
+            for x0 in 0..w.min(40) {
+                for y0 in (x0 % 5..h.min(40)).step_by(5) {
+                    let (x1, y1) = ((x0 + 1 + x0 * 7 % 29).min(w), (y0 + 1 + y0 * 5 % 31).min(h));
+                    needed.push(Window {
+                        x: x0..x1,
+                        y: y0..y1,
+                    });
+                    needed.push(Window {
+                        x: w - x1..w - x0,
+                        y: h - y1..h - y0,
+                    });
+                }
+            }
+            for want in needed {
+                let (width, height, window) = decoder
+                    .decode_window_into(&jpeg, DEFAULT_MAX_PIXELS, |_, _| want.clone(), &mut out)
+                    .expect("window decode");
+                assert_eq!((width, height), (w, h));
+                assert!(window.x.start <= want.x.start && want.x.end <= window.x.end);
+                assert!(window.y.start <= want.y.start && want.y.end <= window.y.end);
+                assert_eq!(out.len(), window.x.len() * window.y.len() * 3);
+                for y in want.y.clone() {
+                    let got = &out[((y - window.y.start) * window.x.len() + want.x.start
+                        - window.x.start)
+                        * 3..][..want.x.len() * 3];
+                    let expected = &full.pixels[(y * w + want.x.start) * 3..][..want.x.len() * 3];
+                    assert_eq!(
+                        got, expected,
+                        "{subsamp:?} progressive {progressive} {w}x{h}: row {y} of {want:?} from {window:?}"
+                    );
+                }
+                cases += 1;
+            }
+        }
+        assert!(cases > 5_000, "{cases} windows");
     }
 
     #[test]

@@ -24,11 +24,27 @@ pub(super) enum Samples {
     Cmyk,
 }
 
+/// TurboJPEG's `tjMCUWidth` (a `static` array of its header, so not a symbol to link against), by
+/// `TJSAMP`: 4:4:4, 4:2:2, 4:2:0, gray, 4:4:0, 4:1:1, 4:4:1.
+const IMCU_WIDTH: [usize; 7] = [8, 16, 16, 8, 8, 32, 8];
+
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Header {
     pub width: usize,
     pub height: usize,
     pub samples: Samples,
+    /// The iMCU width, to which a partial decode's left edge must be aligned; None where TurboJPEG
+    /// cannot decode part of the image (unusual sampling factors, lossless JPEG).
+    pub imcu_width: Option<usize>,
+}
+
+/// A rectangle of the image: columns `x..x + width`, rows `y..y + height`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Region {
+    pub x: usize,
+    pub y: usize,
+    pub width: usize,
+    pub height: usize,
 }
 
 /// One libjpeg-turbo decompressor. Not thread-safe; each worker thread owns one and reuses it.
@@ -86,35 +102,82 @@ impl Decompressor {
             raw::TJCS_TJCS_CMYK | raw::TJCS_TJCS_YCCK => Samples::Cmyk,
             _ => Samples::Rgb,
         };
+        let subsamp = self.param(raw::TJPARAM_TJPARAM_SUBSAMP);
+        let lossless = self.param(raw::TJPARAM_TJPARAM_LOSSLESS) != 0;
+        let imcu_width = usize::try_from(subsamp)
+            .ok()
+            .and_then(|i| IMCU_WIDTH.get(i).copied())
+            .filter(|_| !lossless);
         Ok(Header {
             width,
             height,
             samples,
+            imcu_width,
         })
     }
 
-    /// Decodes into `out`, which holds exactly `width * height * {3 (Rgb), 4 (Cmyk)}` bytes.
+    /// Decodes `region` of the image (all of it for the header's full size) into `out`, which holds
+    /// exactly `region.width * region.height * {3 (Rgb), 4 (Cmyk)}` bytes. A partial region needs
+    /// `header.imcu_width` and a left edge aligned to it.
     pub fn decompress(
         &mut self,
         data: &[u8],
         header: &Header,
+        region: Region,
         out: &mut [u8],
     ) -> Result<(), DecodeFailure> {
         let (format, channels) = match header.samples {
             Samples::Rgb => (raw::TJPF_TJPF_RGB, 3),
             Samples::Cmyk => (raw::TJPF_TJPF_CMYK, 4),
         };
-        let pitch = header.width * channels;
+        let full = region
+            == Region {
+                x: 0,
+                y: 0,
+                width: header.width,
+                height: header.height,
+            };
+        let cropping = if full {
+            // TJUNCROPPED: the whole image.
+            Some(raw::tjregion {
+                x: 0,
+                y: 0,
+                w: 0,
+                h: 0,
+            })
+        } else {
+            let fits = region.width > 0
+                && region.height > 0
+                && region.x + region.width <= header.width
+                && region.y + region.height <= header.height
+                && header
+                    .imcu_width
+                    .is_some_and(|w| region.x.is_multiple_of(w));
+            let int = |v: usize| c_int::try_from(v).ok();
+            match (
+                int(region.x),
+                int(region.y),
+                int(region.width),
+                int(region.height),
+            ) {
+                (Some(x), Some(y), Some(w), Some(h)) if fits => Some(raw::tjregion { x, y, w, h }),
+                _ => None,
+            }
+        };
+        let pitch = region.width * channels;
         let c_pitch = c_int::try_from(pitch)
             .ok()
-            .filter(|_| out.len() == pitch * header.height);
-        let Some(c_pitch) = c_pitch else {
+            .filter(|_| out.len() == pitch * region.height);
+        let (Some(c_pitch), Some(cropping)) = (c_pitch, cropping) else {
             return Err(DecodeFailure::Corrupt(
-                "output buffer does not match the JPEG size".into(),
+                "output buffer or region does not match the JPEG size".into(),
             ));
         };
-        // SAFETY: `out` holds `pitch * height` bytes, exactly what TurboJPEG writes for the header's
-        // size at scaling factor 1 (never changed on this handle) with no cropping region.
+        // SAFETY: valid handle after a header read; the region was checked against the header.
+        let rc = unsafe { raw::tj3SetCroppingRegion(self.handle.as_ptr(), cropping) };
+        self.check(rc)?;
+        // SAFETY: `out` holds `pitch * region.height` bytes, exactly what TurboJPEG writes for this
+        // cropping region at scaling factor 1 (never changed on this handle).
         let rc = unsafe {
             raw::tj3Decompress8(
                 self.handle.as_ptr(),
