@@ -1,0 +1,237 @@
+"""WebDataset-style tar shards as a training set, read in place: the index holds each image's byte range in its
+shard and jitrs.load_batch reads exactly those bytes (positioned reads, no unpacking).
+
+Layout: DATA/*.tar (DATA/train/*.tar when DATA/train exists), uncompressed, taken in sorted name order. A sample
+is the members sharing a key (the member path up to the first dot of its file name, as in WebDataset):
+- the image, `KEY.jpg` / `.jpeg` / `.jpe` / `.png` (told by content when decoded);
+- its label, either `KEY.cls` holding the integer class id as text, or `KEY.class` holding the class name
+  (one kind of label for the whole dataset).
+Other members are ignored. Class names and ids: with integer labels, DATA/classes.txt (optional, one name per
+line, line i naming class i; `jitrs prepare` writes it) gives the names and the number of classes, else the
+classes are "0".."max id"; with class-name labels, the sorted names are the classes (class i is the i-th name),
+as for an ImageFolder. Images are indexed in shard order, then member order.
+
+Left out of the index, and logged and counted by the loader with the shard and member named: an image without
+a label or with an unusable one, a second image for a key, members cut off by a truncated shard, a file that is
+not a tar. An empty shard is no error. Images that fail to decode are skipped by the loader, as for files.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import posixpath
+import tarfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jitrs.dataset import IMAGE_EXTENSIONS, ImageIndex, Source, default_threads
+from jitrs.errors import UserError
+
+SHARD_SUFFIX = ".tar"
+CLASSES_FILE = "classes.txt"
+ID_FIELD, NAME_FIELD = ".cls", ".class"  # KEY.cls: the integer label; KEY.class: the class name
+# Scanning is Python work (tarfile parses each header): below this many shards a process pool's start-up costs
+# more than it saves.
+_PROCESS_POOL_MIN_SHARDS = 8
+_COMPRESSED = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+
+
+def shard_files(root: Path) -> list[Path]:
+    """The .tar shards directly in root, sorted by name; UserError when it holds only compressed tars, which
+    cannot be read in place."""
+    with os.scandir(root) as it:
+        names = sorted(e.name for e in it if e.is_file() and not e.name.startswith("."))
+    shards = [root / n for n in names if n.endswith(SHARD_SUFFIX)]
+    if not shards and any(n.endswith(_COMPRESSED) for n in names):
+        raise UserError(
+            f"{root} holds compressed tar shards, which cannot be read in place: decompress them to .tar",
+            param="data",
+        )
+    return shards
+
+
+@dataclass(frozen=True)
+class TarMembers:
+    """Images as byte ranges of shards: image i is `lengths[i]` bytes at `offsets[i]` of `shards[shard[i]]`."""
+
+    shards: list[str]
+    shard: np.ndarray  # (N,) int32
+    offsets: np.ndarray  # (N,) int64
+    lengths: np.ndarray  # (N,) int64
+    members: list[str]
+
+    def sources(self, ids: Sequence[int]) -> list[Source]:
+        return [
+            (self.shards[s], o, n)
+            for s, o, n in zip(
+                self.shard[ids].tolist(), self.offsets[ids].tolist(), self.lengths[ids].tolist(), strict=True
+            )
+        ]
+
+    def names(self, ids: Sequence[int]) -> list[str]:
+        return [f"{self.shards[self.shard[i]]}:{self.members[i]}" for i in ids]
+
+
+def scan_shard(path: str) -> dict[str, Any]:
+    """One shard's images: {"size", "mtime_ns", "members", "offsets", "lengths", "labels" (the label member's text),
+    "field" (ID_FIELD or NAME_FIELD or None), "skipped": [[member, reason], ...]}. Runs in a worker process."""
+    st = os.stat(path)
+    images: dict[str, tuple[str, int, int]] = {}
+    labels: dict[str, tuple[str, str]] = {}
+    skipped: list[list[str]] = []
+    if st.st_size > 0:
+        try:
+            with tarfile.open(path, "r:") as tar:
+                while True:
+                    try:
+                        info = tar.next()
+                    except tarfile.ReadError as e:
+                        skipped.append(
+                            ["", f"unreadable from byte {tar.offset} on ({e}); the members before it are used"]
+                        )
+                        break
+                    if info is None:
+                        break
+                    if not info.isfile():
+                        continue
+                    if info.offset_data + info.size > st.st_size:
+                        skipped.append(
+                            [
+                                info.name,
+                                f"truncated shard: the member needs {info.size} bytes from byte "
+                                f"{info.offset_data}, the file ends at {st.st_size}",
+                            ]
+                        )
+                        break
+                    base = posixpath.basename(info.name)
+                    dot = base.find(".")
+                    if dot <= 0:
+                        continue
+                    key, ext = info.name[: len(info.name) - len(base) + dot], base[dot:].lower()
+                    if ext in IMAGE_EXTENSIONS:
+                        if key in images:
+                            skipped.append([info.name, f"a second image for the key {key!r} (the first is used)"])
+                        else:
+                            images[key] = (info.name, info.offset_data, info.size)
+                    elif ext in (ID_FIELD, NAME_FIELD):
+                        member = tar.extractfile(info)
+                        text = member.read().decode("utf-8", errors="replace").strip() if member else ""
+                        labels[key] = (ext, text)
+        except tarfile.ReadError as e:
+            skipped.append(["", f"not a tar file ({e})"])
+    fields = {f for f, _ in labels.values()}
+    if len(fields) > 1:
+        skipped.append(["", f"holds both {ID_FIELD} and {NAME_FIELD} labels; the shard is left out"])
+        images = {}
+    out: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "field": next(iter(fields), None)}
+    out |= {"members": [], "offsets": [], "lengths": [], "labels": [], "skipped": skipped}
+    for key, (member, offset, length) in images.items():
+        if key not in labels:
+            skipped.append([member, f"no label (no {key}{ID_FIELD} or {key}{NAME_FIELD} member)"])
+            continue
+        out["members"].append(member)
+        out["offsets"].append(offset)
+        out["lengths"].append(length)
+        out["labels"].append(labels[key][1])
+    return out
+
+
+def _scan_all(paths: list[str], threads: int | None) -> list[dict[str, Any]]:
+    workers = min(default_threads(threads), os.cpu_count() or 1, len(paths))
+    if workers < 2 or len(paths) < _PROCESS_POOL_MIN_SHARDS:
+        return [scan_shard(p) for p in paths]
+    # spawn, not fork: the parent may hold rayon and CUDA threads, which a forked child would inherit broken.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(scan_shard, paths, chunksize=max(1, len(paths) // (workers * 8))))
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def build(
+    root: Path, data_dir: str | Path, threads: int | None, previous: dict[str, Any] | None
+) -> tuple[ImageIndex, dict[str, Any] | None]:
+    """The index of the shards in root, scanning (in a process pool) only the shards whose size or mtime differ
+    from `previous` (the cached payload); returns `previous` itself when nothing changed."""
+    shards = shard_files(root)
+    old = {s["name"]: s for s in (previous or {}).get("shards", []) if isinstance(s, dict) and "name" in s}
+    entries: list[dict[str, Any] | None] = []
+    for path in shards:
+        entry = old.get(path.name)
+        fresh = entry is not None and [entry.get("size"), entry.get("mtime_ns")] == _stat_key(path)
+        entries.append(entry if fresh else None)
+    todo = [i for i, e in enumerate(entries) if e is None]
+    for i, scanned in zip(todo, _scan_all([str(shards[i]) for i in todo], threads), strict=True):
+        entries[i] = {"name": shards[i].name, **scanned}
+    classes_key = _stat_key(root / CLASSES_FILE)
+    unchanged = previous is not None and not todo and len(old) == len(shards)
+    unchanged = unchanged and previous.get("classes_file") == classes_key
+    payload = previous if unchanged else {"classes_file": classes_key, "shards": entries}
+    assert payload is not None
+    return _assemble(root, data_dir, payload["shards"]), payload
+
+
+def _assemble(root: Path, data_dir: str | Path, entries: list[dict[str, Any]]) -> ImageIndex:
+    skipped = [
+        (f"{root / e['name']}:{m}" if m else str(root / e["name"]), why) for e in entries for m, why in e["skipped"]
+    ]
+    fields = {e["field"] for e in entries if e["members"]}
+    if not fields:
+        raise UserError(
+            f"no labelled images in the {len(entries)} shard(s) of {root}"
+            + (f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""),
+            param="data",
+            value=data_dir,
+        )
+    if len(fields) > 1:
+        raise UserError(
+            f"the shards of {root} mix {ID_FIELD} (class id) and {NAME_FIELD} (class name) labels: use one kind",
+            param="data",
+            value=data_dir,
+        )
+    texts = [t for e in entries for t in e["labels"]]
+    keep = np.ones(len(texts), dtype=bool)
+    if fields == {NAME_FIELD}:
+        classes = sorted(set(texts))
+        ids = {c: i for i, c in enumerate(classes)}
+        labels = np.array([ids[t] for t in texts], dtype=np.int64)
+    else:
+        labels = np.array([int(t) if t.isdecimal() else -1 for t in texts], dtype=np.int64)
+        keep &= labels >= 0
+        classes_file = root / CLASSES_FILE
+        if classes_file.is_file():
+            classes = [c.strip() for c in classes_file.read_text().splitlines() if c.strip()]
+            keep &= labels < len(classes)
+        else:
+            classes = [str(i) for i in range(int(labels[keep].max(initial=-1)) + 1)]
+    shard = np.concatenate([np.full(len(e["members"]), i, dtype=np.int32) for i, e in enumerate(entries)])
+    offsets = np.array([o for e in entries for o in e["offsets"]], dtype=np.int64)
+    lengths = np.array([n for e in entries for n in e["lengths"]], dtype=np.int64)
+    members = [m for e in entries for m in e["members"]]
+    store = TarMembers([str(root / e["name"]) for e in entries], shard, offsets, lengths, members)
+    if not keep.all():
+        bad = np.flatnonzero(~keep)
+        limit = f"an integer 0..{len(classes) - 1} ({CLASSES_FILE} names {len(classes)} classes)"
+        if not (root / CLASSES_FILE).is_file():
+            limit = "a non-negative integer"
+        for name, i in zip(store.names(bad), bad.tolist(), strict=True):
+            skipped.append((name, f"label {texts[i]!r} is not {limit}"))
+        kept = np.flatnonzero(keep)
+        store = TarMembers(store.shards, shard[kept], offsets[kept], lengths[kept], [members[i] for i in kept])
+        labels = labels[kept]
+        if not len(labels):
+            raise UserError(
+                f"no usable labels in the shards of {root} ({skipped[-1][1]})", param="data", value=data_dir
+            )
+    return ImageIndex(root, classes, labels, store, kind="tar", skipped=skipped)
