@@ -357,7 +357,32 @@ def test_max_pixels_is_a_limit_on_the_declared_size(photo: Image.Image) -> None:
 
 
 def test_bad_arguments_raise_type_and_value_errors(real_photo: Path) -> None:
-    with pytest.raises(TypeError, match="source must be a path"):
+    with pytest.raises(TypeError, match=r"source must be a path \(str or os.PathLike\), bytes, or a"):
         jitrs.decode(123)
     with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
         jitrs.decode(real_photo, max_pixels=0)
+
+
+def test_buffers_and_byte_ranges_decode_like_the_file(tmp_path: Path, real_photo: Path) -> None:
+    data = real_photo.read_bytes()
+    expected = pillow_rgb(real_photo)
+    container = tmp_path / "container.bin"
+    container.write_bytes(b"x" * 1000 + data + b"y" * 10)
+    ranges = [(container, 1000, len(data)), (str(container), 1000, len(data))]
+    for source in [data, bytearray(data), memoryview(data), *ranges]:
+        np.testing.assert_array_equal(jitrs.decode(source), expected, err_msg=type(source).__name__)
+
+
+def test_errors_call_the_image_by_its_name(tmp_path: Path) -> None:
+    container = tmp_path / "shard.tar"
+    container.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" + bytes(100))
+    with pytest.raises(jitrs.DecodeError, match=re.escape("cannot decode shard.tar:a.JPEG: ")):
+        jitrs.decode((container, 0, 50), name="shard.tar:a.JPEG")
+    with pytest.raises(jitrs.DecodeError, match=re.escape(f"cannot decode {container}[0:50]: ")):
+        jitrs.decode((container, 0, 50))
+    with pytest.raises(jitrs.DecodeError, match=re.escape("cannot decode the image bytes: not a JPEG or PNG")):
+        jitrs.decode(b"GIF89a")
+    with pytest.raises(jitrs.DecodeError, match=re.escape("cannot decode upload.png: not a JPEG or PNG")):
+        jitrs.decode(bytearray(b"GIF89a"), name="upload.png")
+    with pytest.raises(OSError, match=re.escape(f"{container}: bytes 100..300 run past its end (122 bytes)")):
+        jitrs.decode((container, 100, 200))

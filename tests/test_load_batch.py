@@ -3,8 +3,10 @@ out= path, error handling and threading."""
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import re
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +189,7 @@ def test_paths_and_flips_accept_common_types(image_files: list[Path]) -> None:
     ("kwargs", "error", "message"),
     [
         ({"size": 0}, ValueError, "size must be a positive integer, got 0"),
-        ({"flip": [True]}, ValueError, "flip has 1 entries for 2 paths"),
+        ({"flip": [True]}, ValueError, "flip has 1 entries for 2 images"),
         ({"flip": [1, 0]}, TypeError, r"flip\[0\] must be a bool, got int"),
         ({"threads": 0}, ValueError, "threads must be between 1 and 1024, got 0"),
         ({"on_error": "ignore"}, ValueError, "on_error must be 'raise' or 'skip'"),
@@ -197,16 +199,24 @@ def test_paths_and_flips_accept_common_types(image_files: list[Path]) -> None:
 def test_bad_arguments_are_refused(
     image_files: list[Path], kwargs: dict[str, object], error: type, message: str
 ) -> None:
-    arguments: dict[str, object] = {"paths": image_files[:2], "size": 32, **kwargs}
+    arguments: dict[str, object] = {"sources": image_files[:2], "size": 32, **kwargs}
     with pytest.raises(error, match=message):
         jitrs.load_batch(**arguments)
 
 
-def test_paths_must_be_a_sequence_of_paths(image_files: list[Path]) -> None:
+def test_sources_must_be_a_sequence_of_sources(image_files: list[Path]) -> None:
     with pytest.raises(TypeError, match="not a single str"):
         jitrs.load_batch(str(image_files[0]), 32)
-    with pytest.raises(TypeError, match=r"paths\[1\] must be a str or os.PathLike, got int"):
+    with pytest.raises(TypeError, match=r"sources\[1\] must be a path \(str or os.PathLike\), bytes, or a"):
         jitrs.load_batch([image_files[0], 3], 32)
+    with pytest.raises(TypeError, match=r"sources\[0\] must be \(path, offset, length\)"):
+        jitrs.load_batch([(image_files[0], -1, 10)], 32)
+    with pytest.raises(TypeError, match=r"sources\[0\] must be \(path, offset, length\)"):
+        jitrs.load_batch([(image_files[0], 0)], 32)
+    with pytest.raises(ValueError, match="names has 1 entries for 2 images"):
+        jitrs.load_batch(image_files[:2], 32, names=["a"])
+    with pytest.raises(TypeError, match=r"names\[0\] must be a str, got int"):
+        jitrs.load_batch(image_files[:1], 32, names=[0])
 
 
 def test_max_pixels_applies_to_each_image(image_files: list[Path]) -> None:
@@ -215,3 +225,75 @@ def test_max_pixels_applies_to_each_image(image_files: list[Path]) -> None:
     assert [index for index, _ in failures] == [1]
     assert "max_pixels" in failures[0][1]
     assert batch[0].any()
+
+
+# ----------------------------------------------------------------------------------------------------
+# sources other than paths: bytes, byte ranges of a tar shard, names
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory: pytest.TempPathFactory, image_files: list[Path]) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """An uncompressed tar (as webdataset shards are) of the image files plus a corrupt member, with
+    each member's (offset, length) as tarfile reports them."""
+    path = tmp_path_factory.mktemp("shard") / "train-000001.tar"
+    with tarfile.open(path, "w") as tar:
+        for file in image_files:
+            tar.add(file, arcname=file.name)
+        corrupt = b"\xff\xd8\xff\xe0 this is not really a JPEG"
+        info = tarfile.TarInfo("corrupt.JPEG")
+        info.size = len(corrupt)
+        tar.addfile(info, io.BytesIO(corrupt))
+    with tarfile.open(path) as tar:
+        members = {m.name: (m.offset_data, m.size) for m in tar.getmembers()}
+    return path, members
+
+
+def test_bytes_and_tar_ranges_load_like_paths(image_files: list[Path], shard: tuple[Path, dict]) -> None:
+    tar, members = shard
+    flips = [i % 2 == 0 for i in range(len(image_files))]
+    expected = jitrs.load_batch(image_files, 48, flip=flips)
+    as_ranges = [(tar, *members[p.name]) for p in image_files]
+    np.testing.assert_array_equal(jitrs.load_batch(as_ranges, 48, flip=flips), expected)
+    as_bytes = [p.read_bytes() for p in image_files]
+    np.testing.assert_array_equal(jitrs.load_batch(as_bytes, 48, flip=flips), expected)
+    # Every kind in one batch, str and PathLike paths, bytearray and memoryview buffers.
+    kinds = [str, lambda p: p, lambda p: p.read_bytes(), lambda p: bytearray(p.read_bytes())]
+    kinds += [lambda p: memoryview(p.read_bytes()), lambda p: (str(tar), *members[p.name])]
+    mixed = [kinds[i % len(kinds)](p) for i, p in enumerate(image_files)]
+    np.testing.assert_array_equal(jitrs.load_batch(mixed, 48, flip=flips, threads=2), expected)
+
+
+def test_errors_and_skip_reports_name_the_member(image_files: list[Path], shard: tuple[Path, dict]) -> None:
+    tar, members = shard
+    offset, length = members["corrupt.JPEG"]
+    good = (tar, *members[image_files[0].name])
+    sources = [good, (tar, offset, length), (tar, offset, length - 4), b"GIF89a junk", good]
+    names = [f"{tar.name}:{n}" for n in ["a.JPEG", "corrupt.JPEG", "cut.JPEG", "junk.JPEG", "b.JPEG"]]
+    with pytest.raises(jitrs.DecodeError, match=re.escape("cannot decode train-000001.tar:corrupt.JPEG: ")):
+        jitrs.load_batch(sources, 32, names=names)
+    batch, failures = jitrs.load_batch(sources, 32, names=names, on_error="skip")
+    assert [i for i, _ in failures] == [1, 2, 3]
+    for i, reason in failures:
+        assert reason.startswith(f"cannot decode {names[i]}: "), reason
+    np.testing.assert_array_equal(batch[[0, 4]], jitrs.load_batch([image_files[0]] * 2, 32))
+    # Without names: a range is called path[start:end], bytes by their place in the batch.
+    _, failures = jitrs.load_batch(sources, 32, on_error="skip")
+    reasons = dict(failures)
+    assert reasons[1].startswith(f"cannot decode {tar}[{offset}:{offset + length}]: ")
+    assert reasons[3].startswith("cannot decode <bytes #3>: not a JPEG or PNG")
+
+
+def test_a_range_past_the_end_or_a_missing_shard_is_an_os_error_naming_the_file(
+    image_files: list[Path], shard: tuple[Path, dict]
+) -> None:
+    tar, _ = shard
+    size = tar.stat().st_size
+    with pytest.raises(OSError, match=re.escape(f"{tar}: bytes {size - 10}..{size + 90} run past its end")) as caught:
+        jitrs.load_batch([image_files[0], (tar, size - 10, 100)], 32, names=["ok", "shard.tar:last.JPEG"])
+    assert "shard.tar:last.JPEG" in str(caught.value)
+    missing = tar.with_name("missing.tar")
+    with pytest.raises(FileNotFoundError) as caught:
+        jitrs.load_batch([(missing, 0, 10)], 32, names=["missing.tar:x.JPEG"])
+    assert caught.value.filename == str(missing) and "missing.tar:x.JPEG" in str(caught.value)
+    _, failures = jitrs.load_batch([(missing, 0, 10)], 32, on_error="skip")
+    assert failures == [(0, f"{missing}[0:10]: {missing}: no such file")]

@@ -4,7 +4,7 @@ the built module with `mypy.stubtest`."""
 
 import os
 from collections.abc import Sequence
-from typing import Final, Literal, overload
+from typing import Final, Literal, TypeAlias, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -57,20 +57,28 @@ DEFAULT_MAX_PIXELS: Final[int]
 
 class DecodeError(ValueError): ...
 
-def decode(source: str | os.PathLike[str] | bytes, max_pixels: int = 178956970) -> npt.NDArray[np.uint8]: ...
+# What decode and load_batch take as one image: a path, the encoded bytes, or (path, offset, length), a byte
+# range of a file (a member of an uncompressed tar shard).
+_ImageSource: TypeAlias = (
+    str | os.PathLike[str] | bytes | bytearray | memoryview | tuple[str | os.PathLike[str], int, int]
+)
+
+def decode(source: _ImageSource, max_pixels: int = 178956970, name: str | None = None) -> npt.NDArray[np.uint8]: ...
 @overload
 def load_batch(
-    paths: Sequence[str | os.PathLike[str]],
+    sources: Sequence[_ImageSource],
     size: int,
     flip: Sequence[bool] | None = None,
     threads: int | None = None,
     out: npt.NDArray[np.uint8] | None = None,
     on_error: Literal["raise"] = "raise",
     max_pixels: int = 178956970,
+    *,
+    names: Sequence[str] | None = None,
 ) -> npt.NDArray[np.uint8]: ...
 @overload
 def load_batch(
-    paths: Sequence[str | os.PathLike[str]],
+    sources: Sequence[_ImageSource],
     size: int,
     flip: Sequence[bool] | None = None,
     threads: int | None = None,
@@ -78,4 +86,5 @@ def load_batch(
     *,
     on_error: Literal["skip"],
     max_pixels: int = 178956970,
+    names: Sequence[str] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], list[tuple[int, str]]]: ...

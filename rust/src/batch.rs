@@ -1,7 +1,6 @@
-//! `load_batch`: decode + ADM center crop (+ horizontal flip) of many image files in parallel,
-//! straight into one `(B, size, size, 3)` uint8 buffer.
+//! `load_batch`: decode + ADM center crop (+ horizontal flip) of many images (files, byte ranges of
+//! files, bytes) in parallel, straight into one `(B, size, size, 3)` uint8 buffer.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
@@ -10,6 +9,7 @@ use rayon::ThreadPool;
 use crate::crop;
 use crate::decode::Decoder;
 use crate::error::Error;
+use crate::source::{named, Reader, Source};
 
 /// What to do when an image cannot be loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,7 @@ pub type Failures = Vec<(usize, Error)>;
 /// Buffers one worker thread reuses from image to image.
 #[derive(Default)]
 struct Worker {
+    reader: Reader,
     decoder: Decoder,
     pixels: Vec<u8>,
     scratch: crop::Scratch,
@@ -34,15 +35,24 @@ struct Worker {
 impl Worker {
     fn load(
         &mut self,
-        path: &Path,
+        source: &Source,
+        name: &str,
         size: usize,
         flip: bool,
         max_pixels: u64,
         slot: &mut [u8],
     ) -> Result<(), Error> {
+        let data = self
+            .reader
+            .read(source)
+            .map_err(|e| named(e, source, name))?;
         let (width, height) = self
             .decoder
-            .decode_file_into(path, max_pixels, &mut self.pixels)?;
+            .decode_into(data, max_pixels, &mut self.pixels)
+            .map_err(|reason| Error::Decode {
+                origin: name.to_owned(),
+                reason,
+            })?;
         crop::center_crop_into(
             &self.pixels,
             width,
@@ -56,13 +66,15 @@ impl Worker {
     }
 }
 
-/// Loads `paths[i]`, center-cropped to `size`×`size` and mirrored when `flips[i]`, into image `i` of
+/// Loads `sources[i]` (called `names[i]` in errors), center-cropped to `size`×`size` and mirrored when `flips[i]`, into image `i` of
 /// `out` (`paths.len() * size * size * 3` bytes, RGB interleaved), on the threads of `pool`.
 ///
 /// A failed image's slot is zeroed. With [`OnError::Raise`] the work stops early once an image
 /// fails: images after it (by index) may not be loaded, and the first failure is the first entry.
+#[allow(clippy::too_many_arguments)]
 pub fn load_batch_into(
-    paths: &[PathBuf],
+    sources: &[Source],
+    names: &[String],
     size: usize,
     flips: &[bool],
     max_pixels: u64,
@@ -74,35 +86,45 @@ pub fn load_batch_into(
         .checked_mul(size)
         .and_then(|n| n.checked_mul(3))
         .filter(|&n| n > 0);
-    let Some(item) = item.filter(|n| Some(out.len()) == n.checked_mul(paths.len())) else {
+    let Some(item) = item.filter(|n| Some(out.len()) == n.checked_mul(sources.len())) else {
         return Err(Error::InvalidArgument(format!(
             "load_batch: an output of {} bytes cannot hold {} images of {size}x{size}x3",
             out.len(),
-            paths.len()
+            sources.len()
         )));
     };
-    if flips.len() != paths.len() {
+    if flips.len() != sources.len() || names.len() != sources.len() {
         return Err(Error::InvalidArgument(format!(
-            "load_batch: {} flip flags for {} paths",
+            "load_batch: {} flip flags and {} names for {} images",
             flips.len(),
-            paths.len()
+            names.len(),
+            sources.len()
         )));
     }
     // Lowest failing index so far: in Raise mode, images after it need not be loaded.
     let first_failure = AtomicUsize::new(usize::MAX);
     let mut failures: Failures = pool.install(|| {
         out.par_chunks_mut(item)
-            .zip(paths.par_iter().zip(flips.par_iter()))
+            .zip(
+                sources
+                    .par_iter()
+                    .zip(names.par_iter().zip(flips.par_iter())),
+            )
             .enumerate()
-            .map_init(Worker::default, |worker, (index, (slot, (path, &flip)))| {
-                if on_error == OnError::Raise && index > first_failure.load(Ordering::Relaxed) {
-                    return None;
-                }
-                let error = worker.load(path, size, flip, max_pixels, slot).err()?;
-                slot.fill(0);
-                first_failure.fetch_min(index, Ordering::Relaxed);
-                Some((index, error))
-            })
+            .map_init(
+                Worker::default,
+                |worker, (index, (slot, (source, (name, &flip))))| {
+                    if on_error == OnError::Raise && index > first_failure.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    let error = worker
+                        .load(source, name, size, flip, max_pixels, slot)
+                        .err()?;
+                    slot.fill(0);
+                    first_failure.fetch_min(index, Ordering::Relaxed);
+                    Some((index, error))
+                },
+            )
             .flatten()
             .collect()
     });
@@ -115,6 +137,7 @@ mod tests {
     use super::*;
     use crate::decode::{decode_file, DEFAULT_MAX_PIXELS};
     use crate::pool::thread_pool;
+    use std::path::{Path, PathBuf};
     use turbojpeg::{Compressor, Image, PixelFormat};
 
     fn write_jpeg(dir: &Path, name: &str, width: usize, height: usize) -> PathBuf {
@@ -159,13 +182,16 @@ mod tests {
             write_jpeg(dir.path(), "b.jpg", 33, 61),
         ];
         let missing = dir.path().join("missing.jpg");
-        let paths = vec![good[0].clone(), missing.clone(), good[1].clone(), missing];
+        let paths = [good[0].clone(), missing.clone(), good[1].clone(), missing];
+        let sources: Vec<Source> = paths.iter().cloned().map(Source::File).collect();
+        let names: Vec<String> = sources.iter().map(|s| s.default_name(0)).collect();
         let flips = [false, false, true, true];
         let size = 16;
         let mut out = vec![7u8; paths.len() * size * size * 3];
         let pool = thread_pool(Some(2)).expect("pool");
         let failures = load_batch_into(
-            &paths,
+            &sources,
+            &names,
             size,
             &flips,
             DEFAULT_MAX_PIXELS,
@@ -189,10 +215,12 @@ mod tests {
     #[test]
     fn mismatched_lengths_are_refused() {
         let pool = thread_pool(Some(1)).expect("pool");
-        let paths = vec![PathBuf::from("x.jpg")];
+        let paths = vec![Source::File(PathBuf::from("x.jpg"))];
+        let names = vec!["x.jpg".to_owned()];
         let mut out = vec![0; 10];
         let result = load_batch_into(
             &paths,
+            &names,
             4,
             &[false],
             DEFAULT_MAX_PIXELS,
@@ -204,6 +232,7 @@ mod tests {
         let mut out = vec![0; 4 * 4 * 3];
         let result = load_batch_into(
             &paths,
+            &names,
             4,
             &[],
             DEFAULT_MAX_PIXELS,

@@ -8,11 +8,10 @@
 mod jpeg;
 mod png;
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use crate::error::{DecodeFailure, Error};
+use crate::source::{named, Reader, Source};
 
 /// Pillow's decompression-bomb error threshold: `2 * Image.MAX_IMAGE_PIXELS`.
 pub const DEFAULT_MAX_PIXELS: u64 = 2 * 89_478_485;
@@ -33,7 +32,6 @@ pub struct RgbImage {
 #[derive(Default)]
 pub struct Decoder {
     jpeg: Option<jpeg::Decompressor>,
-    file: Vec<u8>,
     scratch: Vec<u8>,
 }
 
@@ -62,26 +60,6 @@ impl Decoder {
             let head: Vec<String> = data.iter().take(8).map(|b| format!("{b:02x}")).collect();
             Err(DecodeFailure::UnknownFormat(head.join(" ")))
         }
-    }
-
-    /// Reads and decodes the file at `path` into `out`, as [`Decoder::decode_into`].
-    pub fn decode_file_into(
-        &mut self,
-        path: &Path,
-        max_pixels: u64,
-        out: &mut Vec<u8>,
-    ) -> Result<(usize, usize), Error> {
-        let mut data = std::mem::take(&mut self.file);
-        let read = read_file(path, &mut data);
-        let decoded = read.and_then(|()| {
-            self.decode_into(&data, max_pixels, out)
-                .map_err(|reason| Error::Decode {
-                    origin: path.display().to_string(),
-                    reason,
-                })
-        });
-        self.file = data;
-        decoded
     }
 
     fn decode_jpeg(
@@ -145,31 +123,26 @@ pub fn decode_bytes(data: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeFail
 
 /// Reads and decodes a JPEG or PNG file.
 pub fn decode_file(path: &Path, max_pixels: u64) -> Result<RgbImage, Error> {
+    let source = Source::File(path.to_path_buf());
+    decode_source(&source, &source.default_name(0), max_pixels)
+}
+
+/// Reads and decodes the image of `source`; errors call it `name`.
+pub fn decode_source(source: &Source, name: &str, max_pixels: u64) -> Result<RgbImage, Error> {
+    let mut reader = Reader::default();
+    let data = reader.read(source).map_err(|e| named(e, source, name))?;
     let mut pixels = Vec::new();
-    let (width, height) = Decoder::new().decode_file_into(path, max_pixels, &mut pixels)?;
+    let (width, height) = Decoder::new()
+        .decode_into(data, max_pixels, &mut pixels)
+        .map_err(|reason| Error::Decode {
+            origin: name.to_owned(),
+            reason,
+        })?;
     Ok(RgbImage {
         width,
         height,
         pixels,
     })
-}
-
-/// Reads the whole file into `buf` (cleared first, capacity kept).
-fn read_file(path: &Path, buf: &mut Vec<u8>) -> Result<(), Error> {
-    let io_error = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound {
-            path: path.to_path_buf(),
-        },
-        _ => Error::Read {
-            path: path.to_path_buf(),
-            source,
-        },
-    };
-    buf.clear();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(buf))
-        .map_err(io_error)?;
-    Ok(())
 }
 
 /// CMYK JPEG samples to RGB exactly as Pillow: it reads every 4-channel JPEG as Adobe-inverted CMYK

@@ -30,8 +30,17 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A file error met while loading an image whose name is not that file's path (a tar member, an
+    /// image given a name); Python: the exception of `source`, its message naming both.
+    #[error("{name}: {source}")]
+    Item {
+        name: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The bytes are not an image we can decode (Python: `jitrs.DecodeError`).
-    /// `origin` names the file, or says the image came as bytes.
+    /// `origin` is the image's name: its path, or what the caller called it.
     #[error("cannot decode {origin}: {reason}")]
     Decode {
         origin: String,

@@ -11,6 +11,7 @@ pub mod patchify;
 pub mod png;
 pub mod pool;
 pub mod resample;
+pub mod source;
 
 #[cfg(feature = "python")]
 mod python;

@@ -26,8 +26,17 @@ impl From<Error> for PyErr {
                 path.display().to_string(),
             )),
             Error::Read { path, source } | Error::Write { path, source } => {
-                os_error(&path, &source, message)
+                os_error(&path, &source, message, None)
             }
+            Error::Item { name, source } => match *source {
+                Error::NotFound { path } => PyFileNotFoundError::new_err((
+                    2,
+                    format!("No such file or directory (reading {name})"),
+                    path.display().to_string(),
+                )),
+                Error::Read { path, source } => os_error(&path, &source, message, Some(&name)),
+                other => other.into(),
+            },
             Error::Decode { .. } => DecodeError::new_err(message),
             Error::Encode { .. } | Error::Shape { .. } | Error::InvalidArgument(_) => {
                 PyValueError::new_err(message)
@@ -39,7 +48,8 @@ impl From<Error> for PyErr {
 
 /// `OSError(errno, strerror, filename)`, as Python's own `open` raises it: Python picks the subclass
 /// from the errno (PermissionError, IsADirectoryError, ...) and callers get `.errno`/`.filename`.
-fn os_error(path: &Path, source: &io::Error, message: String) -> PyErr {
+/// `item` names the image being loaded when that is not the file's own path.
+fn os_error(path: &Path, source: &io::Error, message: String, item: Option<&str>) -> PyErr {
     let Some(errno) = source.raw_os_error() else {
         return PyOSError::new_err(message);
     };
@@ -49,5 +59,9 @@ fn os_error(path: &Path, source: &io::Error, message: String) -> PyErr {
     let strerror = description
         .strip_suffix(&format!(" (os error {errno})"))
         .unwrap_or(&description);
-    PyOSError::new_err((errno, strerror.to_owned(), path.display().to_string()))
+    let strerror = match item {
+        Some(name) => format!("{strerror} (reading {name})"),
+        None => strerror.to_owned(),
+    };
+    PyOSError::new_err((errno, strerror, path.display().to_string()))
 }

@@ -1,19 +1,20 @@
 //! Bindings for image decoding and batch loading: `decode`, `load_batch`, `DecodeError`.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use numpy::ndarray::{Array3, Array4};
 use numpy::{IntoPyArray, PyArray3, PyArray4, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView, PyString, PyTuple};
 
 use super::arrays::{checked_out, type_name};
 use super::error::DecodeError;
 use super::parallel::{detach_in_chunks, pool};
 use crate::batch::{self, OnError};
-use crate::decode::{decode_bytes, decode_file, DEFAULT_MAX_PIXELS};
-use crate::error::Error;
+use crate::decode::{decode_source, DEFAULT_MAX_PIXELS};
+use crate::source::Source;
 
 /// Images per worker thread in one GIL-free chunk of `load_batch`: enough that waiting for a chunk's
 /// last images costs little, few enough that Ctrl-C is honoured within a fraction of a second.
@@ -39,8 +40,8 @@ fn positive(name: &str, value: i64) -> PyResult<u64> {
         })
 }
 
-/// Decode a JPEG or PNG file (or its bytes) into RGB, pixel-identical to Pillow's
-/// `Image.open(source).convert('RGB')`.
+/// Decode a JPEG or PNG (a file, a byte range of a file, or bytes) into RGB, pixel-identical to
+/// Pillow's `Image.open(source).convert('RGB')`.
 ///
 /// The format is told by content, not by file name. Grayscale, CMYK/YCCK JPEGs and PNGs of every mode
 /// are converted to RGB as Pillow converts them (alpha dropped, not composited); 16-bit PNG samples
@@ -48,53 +49,51 @@ fn positive(name: &str, value: i64) -> PyResult<u64> {
 /// as Pillow's open/convert does not apply it. A truncated file is an error, as in Pillow by default.
 ///
 /// Args:
-///     source: a path (str or os.PathLike) or the encoded bytes.
+///     source: a path (str or os.PathLike); the encoded image (bytes, bytearray or memoryview); or
+///         `(path, offset, length)`, the image held in those bytes of the file (a member of an
+///         uncompressed tar, say), read with a positioned read.
 ///     max_pixels: refuse, before allocating, an image whose header declares more pixels than this.
+///     name: what error messages call the image (default: the path, `path[offset:offset+length]`
+///         for a range, "the image bytes" for bytes).
 ///
 /// Returns:
 ///     (H, W, 3) uint8 array, C-contiguous.
 ///
 /// Raises:
-///     FileNotFoundError: the file does not exist (other read failures raise OSError).
+///     FileNotFoundError: the file does not exist (other read failures, and a range past the end of
+///         the file, raise OSError).
 ///     DecodeError: empty, truncated, corrupt, not a JPEG/PNG, or over max_pixels; the message names
-///         the file and the reason.
+///         the image and the reason.
 #[pyfunction]
-#[pyo3(signature = (source, max_pixels = 178956970))]
+#[pyo3(signature = (source, max_pixels = 178956970, name = None))]
 fn decode<'py>(
     py: Python<'py>,
     source: &Bound<'py, PyAny>,
     max_pixels: i64,
+    name: Option<String>,
 ) -> PyResult<Bound<'py, PyArray3<u8>>> {
     let max_pixels = positive("max_pixels", max_pixels)?;
-    let image = if let Ok(bytes) = source.cast::<PyBytes>() {
-        let data = bytes.as_bytes();
-        py.detach(|| decode_bytes(data, max_pixels))
-            .map_err(|reason| Error::Decode {
-                origin: "the image bytes".into(),
-                reason,
-            })?
-    } else if let Ok(path) = source.extract::<PathBuf>() {
-        py.detach(|| decode_file(&path, max_pixels))?
-    } else {
-        return Err(PyTypeError::new_err(format!(
-            "decode: source must be a path (str or os.PathLike) or bytes, got {}",
-            type_name(source)
-        )));
-    };
+    let source = source_of(source, "source")?;
+    let name = name.unwrap_or_else(|| match source {
+        Source::Bytes(_) => "the image bytes".to_owned(),
+        _ => source.default_name(0),
+    });
+    let image = py.detach(|| decode_source(&source, &name, max_pixels))?;
     let array = Array3::from_shape_vec((image.height, image.width, 3), image.pixels)
         .map_err(|e| PyRuntimeError::new_err(format!("decode: {e}")))?;
     Ok(array.into_pyarray(py))
 }
 
-/// Load image files as a training batch: decode, ADM center crop to `size`, optional flip.
+/// Load images as a training batch: decode, ADM center crop to `size`, optional flip.
 ///
 /// Images are processed in parallel on a cached pool of `threads` workers (default: all cores), with
 /// the GIL released; Ctrl-C raises KeyboardInterrupt within a few images per thread. Each image equals
-/// `decode(path)` center-cropped the ADM way (as the official JiT data pipeline does with Pillow),
-/// mirrored left-right where `flip[i]`.
+/// `decode(sources[i])` center-cropped the ADM way (as the official JiT data pipeline does with
+/// Pillow), mirrored left-right where `flip[i]`.
 ///
 /// Args:
-///     paths: B image files (JPEG or PNG, told by content).
+///     sources: B images (JPEG or PNG, told by content), each as `decode` takes it: a path, the
+///         encoded bytes, or a `(path, offset, length)` byte range of a file; kinds may be mixed.
 ///     size: output side in pixels.
 ///     flip: B bools; True mirrors that image left-right. None: no flips.
 ///     threads: worker threads, 1 to 1024; None uses every core.
@@ -103,32 +102,44 @@ fn decode<'py>(
 ///     on_error: "raise" raises for the first bad file by index (out's contents are then unspecified);
 ///         "skip" zeroes bad images' slots and returns `(batch, [(index, reason), ...])`.
 ///     max_pixels: per-image decompression-bomb guard, as in `decode`.
+///     names: B names that errors and on_error="skip" reports call the images by (a tar member as
+///         "shard.tar:member.JPEG", say). None: the path, `path[offset:offset+length]` for a range,
+///         `<bytes #i>` for bytes.
 ///
 /// Returns:
 ///     (B, size, size, 3) uint8 array, or with on_error="skip" the tuple `(batch, failures)`.
 ///
 /// Raises:
-///     FileNotFoundError, OSError, DecodeError: a bad file, with on_error="raise".
-///     TypeError: out is not a uint8 numpy array, or paths/flip hold the wrong types.
-///     ValueError: a wrong out shape or layout, a flip length other than B, a bad option value.
+///     FileNotFoundError, OSError, DecodeError: a bad image, with on_error="raise"; a range past
+///         the end of its file is an OSError naming the file.
+///     TypeError: out is not a uint8 numpy array, or sources/flip/names hold the wrong types.
+///     ValueError: a wrong out shape or layout, a flip or names length other than B, a bad option
+///         value.
 #[pyfunction]
-#[pyo3(signature = (paths, size, flip = None, threads = None, out = None, on_error = "raise",
-                    max_pixels = 178956970))]
+#[pyo3(signature = (sources, size, flip = None, threads = None, out = None, on_error = "raise",
+                    max_pixels = 178956970, *, names = None))]
 #[allow(clippy::too_many_arguments)]
 fn load_batch<'py>(
     py: Python<'py>,
-    paths: &Bound<'py, PyAny>,
+    sources: &Bound<'py, PyAny>,
     size: i64,
     flip: Option<&Bound<'py, PyAny>>,
     threads: Option<i64>,
     out: Option<&Bound<'py, PyAny>>,
     on_error: &str,
     max_pixels: i64,
+    names: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let paths = path_list(paths)?;
+    let items = sequence(sources, "sources", "images")?;
+    let images = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| source_of(item, &format!("sources[{i}]")))
+        .collect::<PyResult<Vec<Source>>>()?;
+    let names = name_list(names, &images)?;
     let size = usize::try_from(positive("size", size)?)
         .map_err(|_| PyValueError::new_err(format!("size is too large: {size}")))?;
-    let flips = flip_list(flip, paths.len())?;
+    let flips = flip_list(flip, images.len())?;
     let on_error = match on_error {
         "raise" => OnError::Raise,
         "skip" => OnError::Skip,
@@ -140,7 +151,7 @@ fn load_batch<'py>(
     };
     let max_pixels = positive("max_pixels", max_pixels)?;
     let pool = pool(threads)?;
-    let shape = [paths.len(), size, size, 3];
+    let shape = [images.len(), size, size, 3];
     let Some(total) = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -151,13 +162,14 @@ fn load_batch<'py>(
         )));
     };
 
-    let item = total / paths.len().max(1);
+    let item = total / images.len().max(1);
     let chunk = pool.current_num_threads() * IMAGES_PER_THREAD_PER_CHUNK;
     let run = |buffer: &mut [u8]| -> PyResult<batch::Failures> {
         let mut failures = batch::Failures::new();
-        detach_in_chunks(py, paths.len(), chunk, |range| {
+        detach_in_chunks(py, images.len(), chunk, |range| {
             let found = batch::load_batch_into(
-                &paths[range.clone()],
+                &images[range.clone()],
+                &names[range.clone()],
                 size,
                 &flips[range.clone()],
                 max_pixels,
@@ -207,30 +219,95 @@ fn load_batch<'py>(
     }
 }
 
-fn path_list(paths: &Bound<'_, PyAny>) -> PyResult<Vec<PathBuf>> {
-    if paths.is_instance_of::<PyString>() || paths.is_instance_of::<PyBytes>() {
-        return Err(PyTypeError::new_err(
-            "paths must be a sequence of paths, not a single str or bytes",
-        ));
+/// The items of `value`, a sequence (not a single str or bytes) of `what`.
+fn sequence<'py>(
+    value: &Bound<'py, PyAny>,
+    param: &str,
+    what: &str,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if value.is_instance_of::<PyString>() || value.is_instance_of::<PyBytes>() {
+        return Err(PyTypeError::new_err(format!(
+            "{param} must be a sequence of {what}, not a single str or bytes"
+        )));
     }
-    let items = paths.try_iter().map_err(|_| {
+    let items = value.try_iter().map_err(|_| {
         PyTypeError::new_err(format!(
-            "paths must be a sequence of paths, got {}",
-            type_name(paths)
+            "{param} must be a sequence of {what}, got {}",
+            type_name(value)
         ))
     })?;
-    items
+    items.collect()
+}
+
+/// One image source: `bytes` are borrowed (immutable, and kept alive by the caller); bytearray and
+/// memoryview contents are copied, since Python code could change them while the GIL is released.
+fn source_of<'a>(item: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Source<'a>> {
+    if let Ok(bytes) = item.cast::<PyBytes>() {
+        return Ok(Source::Bytes(Cow::Borrowed(bytes.as_bytes())));
+    }
+    if let Ok(array) = item.cast::<PyByteArray>() {
+        return Ok(Source::Bytes(Cow::Owned(array.to_vec())));
+    }
+    if item.is_instance_of::<PyMemoryView>() {
+        let copy = item.py().get_type::<PyBytes>().call1((item,))?;
+        return Ok(Source::Bytes(Cow::Owned(
+            copy.cast::<PyBytes>()?.as_bytes().to_vec(),
+        )));
+    }
+    if let Ok(tuple) = item.cast::<PyTuple>() {
+        let range = (tuple.len() == 3)
+            .then(|| tuple.extract::<(PathBuf, u64, u64)>().ok())
+            .flatten();
+        return range
+            .map(|(path, offset, length)| Source::Range {
+                path,
+                offset,
+                length,
+            })
+            .ok_or_else(|| {
+                PyTypeError::new_err(format!(
+                    "{what} must be (path, offset, length) with offset and length non-negative \
+                     integers, got {}",
+                    item.repr()
+                        .map_or_else(|_| type_name(item), |r| r.to_string())
+                ))
+            });
+    }
+    item.extract::<PathBuf>().map(Source::File).map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a path (str or os.PathLike), bytes, or a (path, offset, length) \
+             tuple, got {}",
+            type_name(item)
+        ))
+    })
+}
+
+/// The names of the images: `names` (B strings) or each source's default name.
+fn name_list(names: Option<&Bound<'_, PyAny>>, sources: &[Source]) -> PyResult<Vec<String>> {
+    let Some(names) = names else {
+        return Ok(sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.default_name(i))
+            .collect());
+    };
+    let names = sequence(names, "names", "str")?
+        .iter()
         .enumerate()
         .map(|(i, item)| {
-            let item = item?;
-            item.extract::<PathBuf>().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "paths[{i}] must be a str or os.PathLike, got {}",
-                    type_name(&item)
-                ))
+            item.extract::<String>().map_err(|_| {
+                PyTypeError::new_err(format!("names[{i}] must be a str, got {}", type_name(item)))
             })
         })
-        .collect()
+        .collect::<PyResult<Vec<String>>>()?;
+    if names.len() != sources.len() {
+        return Err(PyValueError::new_err(format!(
+            "names has {} entries for {} images",
+            names.len(),
+            sources.len()
+        )));
+    }
+    Ok(names)
 }
 
 fn flip_list(flip: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Vec<bool>> {
@@ -257,7 +334,7 @@ fn flip_list(flip: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Vec<bool>> {
         .collect::<PyResult<Vec<bool>>>()?;
     if flips.len() != n {
         return Err(PyValueError::new_err(format!(
-            "flip has {} entries for {n} paths",
+            "flip has {} entries for {n} images",
             flips.len()
         )));
     }
