@@ -66,7 +66,7 @@ def _stat_key(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _scan_file(path: Path, data_dir: str | Path) -> dict[str, Any]:
+def _scan_file(root: Path, path: Path, data_dir: str | Path) -> dict[str, Any]:
     pq = _pq()
     try:
         pf = pq.ParquetFile(path)
@@ -82,7 +82,7 @@ def _scan_file(path: Path, data_dir: str | Path) -> dict[str, Any]:
     labels = pf.read(columns=[LABEL_COLUMN]).column(0).to_pylist()
     groups = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
     return {
-        "name": path.name,
+        "name": str(path.relative_to(root)),
         "stat": _stat_key(path),
         "groups": groups,
         "labels": labels,
@@ -140,10 +140,10 @@ def build(
     files = parquet_files(root)
     payload = previous
     cached = (previous or {}).get("files")
-    fresh = isinstance(cached, list) and [c.get("name") for c in cached] == [p.name for p in files]
+    fresh = isinstance(cached, list) and [c.get("name") for c in cached] == [str(p.relative_to(root)) for p in files]
     fresh = fresh and all(c.get("stat") == _stat_key(p) for c, p in zip(cached, files, strict=True))
     if not fresh:
-        payload = {"files": [_scan_file(p, data_dir) for p in files]}
+        payload = {"files": [_scan_file(root, p, data_dir) for p in files]}
     assert payload is not None
     entries = payload["files"]
     classes = next((e["classes"] for e in entries if e.get("classes")), None)

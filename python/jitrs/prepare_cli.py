@@ -23,7 +23,7 @@ def prepare_command(
     """Write a dataset as tar shards (KEY.jpg|png + KEY.cls, classes.txt), each shard renamed into place whole."""
     from jitrs.prepare import prepare
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     progress = Progress(
         TextColumn("writing shards"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
     )
@@ -39,7 +39,7 @@ def prepare_command(
         )
     finally:
         progress.stop()
-    kept = "" if result.written == result.shards else f" ({result.shards - result.written} were there already)"
+    kept = "" if result.written == result.shards else f" ({result.shards - result.written} already there)"
     console.print(
         f"{result.images} images in {result.shards} shard(s) in {escape(str(out))}: wrote {result.written}{kept}",
         highlight=False,
