@@ -140,11 +140,11 @@ def indexing(entries: int, tmp: Path) -> None:
     print(f"\nindexing {entries:,} entries (cold: no cache; cached: index.json in the run directory)")
     print(f"{'source':>12} {'make s':>7} {'cold s':>7} {'entries/s':>10} {'cached s':>9}")
     for name, make in makers.items():
-        root = tmp / name.replace(" ", "-")
+        root = tmp / "index-bench" / name.replace(" ", "-")
         start = time.perf_counter()
         make(root, entries)
         made = time.perf_counter() - start
-        cache = tmp / f"{root.name}-index.json"
+        cache = root.parent / f"{root.name}-index.json"
         times = []
         for _ in range(2):
             start = time.perf_counter()

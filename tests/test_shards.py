@@ -3,8 +3,10 @@ on them (pixels, bad members named by shard and member, two ranks), and an exact
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +250,20 @@ def test_training_on_shards_resumes_exactly(tmp_path: Path) -> None:
     full, resumed = losses(tmp_path / "full"), losses(tmp_path / "part")
     assert list(full) == list(range(1, 6)) and full == resumed
     assert json.loads((tmp_path / "full" / "index.json").read_text())["kind"] == "tar"
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_long_member_names_of_ustar_gnu_and_pax_tars(tmp_path: Path, fmt: int) -> None:
+    """A name over 100 bytes: ustar splits it into a prefix field, GNU and pax add extension headers (those the
+    index reads through tarfile)."""
+    key = "d" * 90 + "/" + "k" * 60
+    with tarfile.open(tmp_path / "s.tar", "w", format=fmt) as tar:
+        for name, data in sample(key, 4):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    index = build_index(tmp_path)
+    assert index.names([0]) == [f"{tmp_path / 's.tar'}:{key}.png"] and index.labels.tolist() == [1]
+    path, offset, length = index.sources([0])[0]
+    with open(path, "rb") as f:
+        assert os.pread(f.fileno(), length, offset) == png(IMAGES[4])
