@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jitrs.dataset import build_index
-from jitrs.prepare import read_source
+from jitrs.errors import UserError
+from jitrs.prepare import prepare, read_source
 from testkit.cli import PYTHONPATH, one_error_line, run_cli
 from testkit.shards import image_folder, png, random_images, write_parquet
 
@@ -97,19 +98,18 @@ def test_a_killed_run_leaves_whole_shards_and_a_rerun_finishes_them(folder: Path
 
 def test_refusals_are_one_clear_line(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert run_cli("prepare", "--data", folder, "--out", out, "--shard-size", "4").returncode == 0
+    prepare(folder, out, shard_size=4)
     manifest = json.loads((out / "prepare.json").read_text())
     line = one_error_line(run_cli("prepare", "--data", folder, "--out", out, "--shard-size", "5"))
     assert line.startswith(f"error: --out {out}: holds a conversion of another source or shard size")
     assert json.loads((out / "prepare.json").read_text()) == manifest  # untouched
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    line = one_error_line(run_cli("prepare", "--data", folder, "--out", tmp_path / "busy"))
-    assert "is not empty and holds no prepare.json" in line
-    assert "--format: must be one of tar, got 'zip'" in one_error_line(
-        run_cli("prepare", "--data", folder, "--out", tmp_path / "z", "--format", "zip")
-    )
-    assert "--shard-size: must be a positive number" in one_error_line(
-        run_cli("prepare", "--data", folder, "--out", tmp_path / "z", "--shard-size", "0")
-    )
-    assert "--data" in one_error_line(run_cli("prepare", "--data", tmp_path / "missing", "--out", tmp_path / "z"))
+    for kwargs, message in [
+        ({"out": tmp_path / "busy"}, "out=.*busy: is not empty and holds no prepare.json"),
+        ({"fmt": "zip"}, "format: must be one of tar, got 'zip'"),
+        ({"shard_size": 0}, "shard_size: must be a positive number"),
+        ({"data": tmp_path / "missing"}, "data=.*missing: no such directory"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            prepare(**({"data": folder, "out": tmp_path / "z"} | kwargs))

@@ -89,7 +89,9 @@ def _check_out(out: Path, manifest: dict[str, object]) -> None:
                 value=out,
             )
         return
-    if any(not e.name.startswith(".") for e in os.scandir(out)):
+    with os.scandir(out) as entries:
+        busy = any(not e.name.startswith(".") for e in entries)
+    if busy:
         raise UserError(f"is not empty and holds no {MANIFEST}: give an empty or new folder", param="out", value=out)
 
 
