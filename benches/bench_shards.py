@@ -133,14 +133,15 @@ def make_folder(root: Path, entries: int) -> None:
             (d / f"{i}.JPEG").touch()
 
 
-def indexing(entries: int, tmp: Path) -> None:
-    makers: dict[str, Callable[[Path, int], None]] = {"tar shards": make_tar_shards, "ImageFolder": make_folder}
+def indexing(entries: int, kinds: list[str], tmp: Path) -> None:
+    makers: dict[str, Callable[[Path, int], None]] = {"tar": make_tar_shards, "folder": make_folder}
     if have_pyarrow():
         makers["parquet"] = make_parquet
+    makers = {k: m for k, m in makers.items() if k in kinds}
     print(f"\nindexing {entries:,} entries (cold: no cache; cached: index.json in the run directory)")
-    print(f"{'source':>12} {'make s':>7} {'cold s':>7} {'entries/s':>10} {'cached s':>9}")
+    print(f"{'source':>8} {'make s':>7} {'cold s':>7} {'entries/s':>10} {'cached s':>9}")
     for name, make in makers.items():
-        root = tmp / "index-bench" / name.replace(" ", "-")
+        root = tmp / "index-bench" / name
         start = time.perf_counter()
         make(root, entries)
         made = time.perf_counter() - start
@@ -151,7 +152,7 @@ def indexing(entries: int, tmp: Path) -> None:
             found = len(build_index(root, cache=cache))
             times.append(time.perf_counter() - start)
             assert found == entries, (name, found)
-        print(f"{name:>12} {made:>7.1f} {times[0]:>7.2f} {entries / times[0]:>10,.0f} {times[1]:>9.2f}", flush=True)
+        print(f"{name:>8} {made:>7.1f} {times[0]:>7.2f} {entries / times[0]:>10,.0f} {times[1]:>9.2f}", flush=True)
         shutil.rmtree(root)
 
 
@@ -164,14 +165,17 @@ def main() -> None:
     parser.add_argument("--res", type=int, default=256)
     parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--index-entries", type=int, default=1_281_167, help="entries in the indexing test (0: skip)")
+    parser.add_argument("--index-kinds", default="tar,parquet,folder", help="sources in the indexing test")
+    parser.add_argument("--no-throughput", action="store_true", help="only the indexing test")
     args = parser.parse_args()
     warn_if_debug_build()
     print(machine())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        throughput(args, device, Path(tmp))
+        if not args.no_throughput:
+            throughput(args, device, Path(tmp))
         if args.index_entries:
-            indexing(args.index_entries, Path(tmp))
+            indexing(args.index_entries, args.index_kinds.split(","), Path(tmp))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The training set: one index of labelled images whatever holds them, built once (in parallel) and cached.
 
 DATA/train is used when it exists, else DATA; what it holds decides the source kind:
-- `*.tar` files: WebDataset-style tar shards, read in place by byte ranges (jitrs.shards);
+- `*.tar` files and no sub-directories: WebDataset-style tar shards, read in place by byte ranges
+  (jitrs.shards);
 - `*.parquet` files (or data/*.parquet, the Hugging Face layout): parquet shards (jitrs.parquet_source);
 - otherwise an ImageFolder, DATA/<class>/**/<image>. Classes are the sub-directory names sorted like
   torchvision's ImageFolder, so label ids match the ImageNet convention (class i is the i-th synset in sorted
@@ -94,7 +95,10 @@ def source_kind(root: Path) -> str:
     """ "tar", "parquet" or "folder": what the image root holds (see the module docstring)."""
     from jitrs import parquet_source, shards  # they build on this module
 
-    if shards.shard_files(root):
+    with os.scandir(root) as entries:
+        # Class folders make an ImageFolder, whatever archives lie beside them (the ImageNet download's tars, say).
+        folders = any(e.is_dir() and not e.name.startswith(".") for e in entries)
+    if not folders and shards.shard_files(root):
         return "tar"
     if parquet_source.parquet_files(root):
         return "parquet"
