@@ -267,3 +267,11 @@ def test_long_member_names_of_ustar_gnu_and_pax_tars(tmp_path: Path, fmt: int) -
     path, offset, length = index.sources([0])[0]
     with open(path, "rb") as f:
         assert os.pread(f.fileno(), length, offset) == png(IMAGES[4])
+
+
+def test_class_folders_make_an_imagefolder_whatever_archives_lie_beside_them(tmp_path: Path) -> None:
+    image_folder(tmp_path, IMAGES[:3], np.array([0, 1, 1]))
+    write_tar(tmp_path / "train" / "ILSVRC2012_img_train.tar", [m for i in range(2) for m in sample(f"{i}", i)])
+    (tmp_path / "train" / "extra.tar.gz").write_bytes(b"x")
+    index = build_index(tmp_path)
+    assert index.kind == "folder" and index.classes == ["c0", "c1"] and len(index) == 3
