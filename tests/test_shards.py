@@ -275,3 +275,16 @@ def test_class_folders_make_an_imagefolder_whatever_archives_lie_beside_them(tmp
     (tmp_path / "train" / "extra.tar.gz").write_bytes(b"x")
     index = build_index(tmp_path)
     assert index.kind == "folder" and index.classes == ["c0", "c1"] and len(index) == 3
+
+
+def test_a_process_pool_scan_gives_the_same_index(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many shards on many cores are scanned by worker processes (spawned); here forced for two shards."""
+    import jitrs.shards
+
+    threaded = build_index(shards)
+    monkeypatch.setattr(jitrs.shards, "_PROCESS_POOL_MIN_SHARDS", 1)
+    monkeypatch.setattr(jitrs.shards, "_PROCESS_POOL_MIN_CORES", 1)
+    pooled = build_index(shards, threads=2)
+    assert pooled.sources(range(len(pooled))) == threaded.sources(range(len(threaded)))
+    assert pooled.names(range(len(pooled))) == threaded.names(range(len(threaded)))
+    assert np.array_equal(pooled.labels, threaded.labels)
