@@ -165,7 +165,8 @@ def _tarfile_members(path: str, skipped: list[list[str]]) -> list[tuple[str, int
 
 def scan_shard(path: str) -> dict[str, Any]:
     """One shard's images: {"size", "mtime_ns", "members", "offsets", "lengths", "labels" (the label member's text),
-    "field" (ID_FIELD or NAME_FIELD or None), "skipped": [[member, reason], ...]}. Runs in a worker thread or process."""
+    "field" (ID_FIELD or NAME_FIELD or None), "skipped": [[member, reason], ...]}.
+    Runs in a worker thread or process."""
     st = os.stat(path)
     images: dict[str, tuple[str, int, int]] = {}
     labels: dict[str, tuple[str, str]] = {}
