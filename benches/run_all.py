@@ -16,6 +16,7 @@ BENCHES = [
     "bench_patchify.py",
     "bench_png.py",
     "bench_loader.py",
+    "bench_shards.py",
     "bench_model.py",
     "bench_sample.py",
     "bench_denormals.py",

@@ -11,8 +11,15 @@ import pytest
 from PIL import Image
 
 from jitrs.builtin import builtin_dataset, digits_images
-from jitrs.dataset import build_index, image_root
+from jitrs.dataset import ImageIndex, build_index, image_root
 from jitrs.errors import UserError
+
+
+def paths(index: ImageIndex) -> list[str]:
+    """An ImageFolder index's images: whole files, each source its path."""
+    sources = index.sources(range(len(index)))
+    assert sources == index.names(range(len(index))) and all(isinstance(s, str) for s in sources)
+    return sources
 
 
 def write_png(path: Path, value: int = 0, size: int = 8) -> Path:
@@ -46,7 +53,7 @@ def test_index_layout_order_and_extensions(folder: Path) -> None:
     train = (folder / "train").resolve()
     # sorted() like torchvision's ImageFolder: upper case before lower case, then files sorted within a class
     assert index.classes == ["B", "a", "n01", "n02"]
-    rel = [os.path.relpath(p, train) for p in index.paths]
+    rel = [os.path.relpath(p, train) for p in paths(index)]
     assert rel == ["B/x.jpeg", "a/y.png", "n01/deep/nested.jpg", "n01/img.JPEG", "n02/a.PNG", "n02/z.png"]
     assert index.labels.tolist() == [0, 1, 2, 2, 3, 3]
     assert index.labels.dtype == np.int64
@@ -93,13 +100,13 @@ def test_cache_is_used_while_fresh_and_rebuilt_when_a_folder_changes(folder: Pat
     payload = json.loads(cache.read_text())
     payload["files"][0] = "B/renamed-in-cache.jpeg"
     cache.write_text(json.dumps(payload))
-    assert build_index(folder, cache=cache).paths[0].endswith("renamed-in-cache.jpeg")
+    assert paths(build_index(folder, cache=cache))[0].endswith("renamed-in-cache.jpeg")
     # Adding an image changes its directory's mtime: the index is rebuilt from disk.
     new = write_png(folder / "train" / "a" / "new.png")
     os.utime(new.parent, ns=(1, 1))
     rebuilt = build_index(folder, cache=cache)
-    assert str(new.resolve()) in rebuilt.paths and len(rebuilt) == len(first) + 1
-    assert not rebuilt.paths[0].endswith("renamed-in-cache.jpeg")
+    assert str(new.resolve()) in paths(rebuilt) and len(rebuilt) == len(first) + 1
+    assert not paths(rebuilt)[0].endswith("renamed-in-cache.jpeg")
 
 
 def test_digits_images_follow_sklearn_digits() -> None:

@@ -270,3 +270,14 @@ def test_reference_problems_found_before_or_during_the_pass(
     with pytest.raises(UserError, match=r"out=.*a-file/stats\.npz: cannot write there"):
         metrics.make_reference(data, SIZE, blocker / "stats.npz", weights, device="cpu")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_make_ref_reads_tar_shards_like_the_folder_they_were_made_from(weights: Path, tmp_path: Path) -> None:
+    from jitrs.prepare import prepare
+
+    data = write_folder(tmp_path / "data" / "class0", tiles("flower.jpg", 3)).parent
+    prepare(data, tmp_path / "shards", shard_size=2)
+    assert metrics.make_reference(data, SIZE, tmp_path / "folder.npz", weights, device="cpu") == (3, [])
+    assert metrics.make_reference(tmp_path / "shards", SIZE, tmp_path / "tar.npz", weights, device="cpu") == (3, [])
+    with np.load(tmp_path / "folder.npz") as a, np.load(tmp_path / "tar.npz") as b:
+        assert np.allclose(a["mu"], b["mu"]) and np.allclose(a["sigma"], b["sigma"])

@@ -78,7 +78,7 @@ def expected_batch(index, plan: Plan, pixels, step: int, a: int) -> tuple[np.nda
     perm, flips = plan.epoch_order(epoch)
     imgs = []
     for i, flip in zip(perm[where], flips[where], strict=True):
-        img = pixels[index.paths[i]]
+        img = pixels[index.names([i])[0]]
         imgs.append(img[:, ::-1] if flip else img)
     return np.stack(imgs), index.labels[perm[where]]
 
@@ -151,7 +151,7 @@ def test_bad_images_are_logged_counted_and_refilled(folder, tmp_path: Path) -> N
         for i in range(23):
             assert got[i].tobytes() in good_images  # every slot is a real image, none is a zeroed slot
         for slot, image_id in enumerate(plan.epoch_order(b.epoch)[0]):
-            if index.paths[image_id] in bad_paths:
+            if index.names([image_id])[0] in bad_paths:
                 twin = [j for j in range(23) if j != slot and np.array_equal(got[j], got[slot])]
                 assert twin and b.y[slot] == b.y[twin[0]]  # refilled with a copy of another slot, with its label
 

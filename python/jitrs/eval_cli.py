@@ -50,7 +50,8 @@ def eval_command(
         ),
     ] = None,
     make_ref: Annotated[
-        Path | None, typer.Option(help="Compute reference statistics of this image folder instead.")
+        Path | None,
+        typer.Option(help="Compute reference statistics of this image folder (or tar/parquet shards) instead."),
     ] = None,
     res: Annotated[int, typer.Option(help="--make-ref: ADM center-crop size.")] = 256,
     out: Annotated[Path | None, typer.Option(help="--make-ref: where to write the stats npz.")] = None,

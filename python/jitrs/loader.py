@@ -1,4 +1,5 @@
-"""The training loader: files -> jitrs.load_batch (Rust, rayon, GIL released) -> pinned host buffers -> device.
+"""The training loader: images (files, shard byte ranges, parquet bytes) -> jitrs.load_batch (Rust, rayon, GIL
+released) -> pinned host buffers -> device.
 
 No Python worker processes. Background threads decode whole batches into a small ring of pinned buffers (bounded
 memory, bounded queue) while the device trains; the main thread copies a batch to the device asynchronously and
@@ -13,7 +14,8 @@ mix of GPUs and accumulation. The tail of an epoch that does not fill a global b
 
 Unreadable images: load_batch(on_error="skip") zeroes a bad slot; the loader refills it with a copy of another
 good image of the same batch (with that image's label), so the batch keeps its shape and no zero image is ever
-trained on. Each bad file is appended once to the log file and counted in `Loader.bad_files`.
+trained on. Each bad image is appended once to the log file and counted in `Loader.bad_files`, under its index
+name (a path, `SHARD.tar:MEMBER`, `FILE.parquet:row R`), as is each member the index left out (`index.skipped`).
 """
 
 from __future__ import annotations
@@ -129,9 +131,10 @@ class Loader:
             for line in bad_log.read_text(errors="replace").splitlines():
                 path, _, reason = line.partition("\t")
                 self.bad_files.setdefault(path, reason)
-        self._paths = np.array(index.paths, dtype=object)
         self._orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
+        for name, reason in index.skipped:
+            self._report(name, reason)
         self._stop = threading.Event()
         self._start = start_step * plan.accum
         pin = device.type == "cuda"
@@ -202,22 +205,24 @@ class Loader:
         ids = perm[where]
         labels = self.index.labels[ids]
         out = slot.images.numpy()
+        names = self.index.names(ids)
         _, errors = jitrs.load_batch(
-            self._paths[ids].tolist(),
+            self.index.sources(ids),
             self.size,
             flip=flips[where].tolist(),
             threads=self.threads,
             out=out,
             on_error="skip",
+            names=names,
         )
         if errors:
             bad = {i for i, _ in errors}
             good = [i for i in range(len(ids)) if i not in bad]
             for i, reason in errors:
-                self._report(self._paths[ids[i]], reason)
+                self._report(names[i], reason)
             if not good:
                 raise UserError(
-                    f"every image of a batch failed to decode (e.g. {self._paths[ids[errors[0][0]]]}: {errors[0][1]})",
+                    f"every image of a batch failed to decode (e.g. {names[errors[0][0]]}: {errors[0][1]})",
                     param="data",
                 )
             for k, i in enumerate(sorted(bad)):
@@ -226,14 +231,14 @@ class Loader:
                 labels[i] = labels[j]
         slot.labels.numpy()[:] = labels
 
-    def _report(self, path: str, reason: str) -> None:
+    def _report(self, name: str, reason: str) -> None:
         with self._lock:
-            if path in self.bad_files:
+            if name in self.bad_files:
                 return
-            self.bad_files[path] = reason
+            self.bad_files[name] = reason
             if self.bad_log is not None:
                 with open(self.bad_log, "a") as f:
-                    f.write(f"{path}\t{reason}\n")
+                    f.write(f"{name}\t{reason}\n")
 
     # ------------------------------------------------------------------ consumer side (training loop)
     def __iter__(self) -> Iterator[Batch]:

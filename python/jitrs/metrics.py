@@ -23,6 +23,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 import jitrs
 from jitrs import adm_npz
 from jitrs.atomic import atomic_path, writable_dir
+from jitrs.dataset import Files, ImageIndex, build_index, image_root, source_kind
 from jitrs.device import pick_device
 from jitrs.errors import UserError
 
@@ -118,14 +119,15 @@ def folder_batches(files: list[Path], size: int, batch: int) -> Iterator[np.ndar
             raise UserError(str(e)) from None  # it names the file; a skipped image would bias the statistics
 
 
-def reference_batches(files: list[Path], size: int, batch: int, skipped: list[tuple[str, str]]) -> Iterator[np.ndarray]:
-    """As folder_batches, for a data set: an unreadable image is skipped and appended to `skipped` (path, reason),
-    as training skips it."""
-    for start in range(0, len(files), batch):
-        chunk = [str(p) for p in files[start : start + batch]]
-        images, errors = jitrs.load_batch(chunk, size, on_error="skip")
+def reference_batches(index: ImageIndex, size: int, batch: int, skipped: list[tuple[str, str]]) -> Iterator[np.ndarray]:
+    """As folder_batches, for a data set (files or shards): an unreadable image is skipped and appended to `skipped`
+    (name, reason), as training skips it."""
+    for start in range(0, len(index), batch):
+        ids = range(start, min(start + batch, len(index)))
+        names = index.names(ids)
+        images, errors = jitrs.load_batch(index.sources(ids), size, on_error="skip", names=names)
         if errors:
-            skipped.extend((chunk[i], reason) for i, reason in errors)
+            skipped.extend((names[i], reason) for i, reason in errors)
             images = np.delete(images, [i for i, _ in errors], axis=0)
         if len(images):
             yield images
@@ -239,23 +241,29 @@ def make_reference(
     batch_size: int = 100,
     device: str | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Write mu/sigma of every readable image under `data` (recursively, ADM center crop to res) to `out`.
+    """Write mu/sigma of every readable image under `data` (recursively, ADM center crop to res) to `out`; `data`
+    may also be tar or parquet shards (jitrs.dataset), whose every indexed image is used.
 
-    Returns (N, the skipped images as (path, reason))."""
+    Returns (N, the skipped images as (name, reason))."""
     weights_path = inception_weights_path(weights)
     if not data.is_dir():
         raise UserError("not a directory of images", param="make_ref", value=data)
     if res <= 0:
         raise UserError("must be a positive image size", param="res", value=res)
-    files = image_files(data, recursive=True)
-    if len(files) < 2:
-        raise UserError(f"found {len(files)} image(s), need at least 2", param="make_ref", value=data)
+    if source_kind(image_root(data)) == "folder":
+        files = [str(p) for p in image_files(data, recursive=True)]
+        index, skipped = ImageIndex(data, [], np.zeros(len(files), np.int64), Files(files)), []
+    else:
+        index = build_index(data)
+        skipped = list(index.skipped)
+    if len(index) < 2:
+        raise UserError(f"found {len(index)} image(s), need at least 2", param="make_ref", value=data)
     writable_dir(out.parent, value=out)  # fail now rather than after a pass over the whole data set
     dev = pick_device(device)
-    skipped: list[tuple[str, str]] = []
-    feats = extract(load_inception(weights_path, dev), reference_batches(files, res, batch_size, skipped), dev)
-    count = len(files) - len(skipped)
+    indexed = len(skipped)
+    feats = extract(load_inception(weights_path, dev), reference_batches(index, res, batch_size, skipped), dev)
+    count = len(index) - (len(skipped) - indexed)
     if count < 2:
-        raise UserError(f"only {count} of {len(files)} images could be read", param="make_ref", value=data)
+        raise UserError(f"only {count} of {len(index)} images could be read", param="make_ref", value=data)
     save_stats(out, features_to_stats(feats.pool), count)
     return count, skipped

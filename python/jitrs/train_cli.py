@@ -24,7 +24,11 @@ D = TrainConfig()
 def train_command(
     ctx: typer.Context,
     data: Annotated[
-        str | None, Opt(help="Dataset: DIR with train/<class>/*.jpg (or <class>/*), or builtin:mnist / builtin:digits.")
+        str | None,
+        Opt(
+            help="Dataset: DIR with train/<class>/*.jpg (or <class>/*), *.tar or *.parquet shards; or builtin:mnist / "
+            "builtin:digits."
+        ),
     ] = D.data,
     out: Annotated[str, Opt(help="Run directory: checkpoints, metrics.jsonl, TensorBoard logs, samples.")] = D.out,
     res: Annotated[int, Opt(help="Image resolution in pixels (square, ADM center crop).")] = D.res,
