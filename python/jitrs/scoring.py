@@ -194,7 +194,7 @@ class Scorer:
         x = as_nchw(images)
         size = x.shape[-1]
         ref_res = self.reference.resolution
-        if ref_res is not None and self.resolution is None and (x.shape[-2], size) != (ref_res, ref_res):
+        if ref_res is not None and (x.shape[-2], size) != (ref_res, ref_res):
             raise UserError(
                 f"holds statistics of {ref_res} px images but the images are {x.shape[-2]}x{size}",
                 param="ref",
