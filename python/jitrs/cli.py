@@ -12,6 +12,7 @@ from jitrs.errors import UserError, WriteFailure
 from jitrs.eval_cli import eval_command
 from jitrs.prepare_cli import prepare_command
 from jitrs.sample_cli import sample_command
+from jitrs.sweep_cli import sweep_command
 from jitrs.toy_cli import toy
 from jitrs.train_cli import train_command
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.command("train")(train_command)
 app.command("sample")(sample_command)
 app.command("eval")(eval_command)
+app.command("sweep")(sweep_command)
 app.command("toy")(toy)
 app.command("prepare")(prepare_command)
 
