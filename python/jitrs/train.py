@@ -44,7 +44,8 @@ from jitrs.builtin import builtin_name, data_root
 from jitrs.checkpoint import checkpoint_payload
 from jitrs.dataset import ImageIndex, build_index, image_root
 from jitrs.device import Dist, decode_threads, setup_distributed
-from jitrs.ema import EMA
+from jitrs.ema import EMAs
+from jitrs.ema_keys import ema_key
 from jitrs.errors import UserError, WriteFailure
 from jitrs.flow import Flow
 from jitrs.grid import write_labelled_grid
@@ -233,6 +234,8 @@ def train(cfg: TrainConfig, resume: tuple[Path, Any] | None = None) -> int:
     if cfg.init and cfg.resume:
         raise UserError(REFUSE_INIT_WITH_RESUME)
     resume = resume or (load_resume(cfg.resume) if cfg.resume else None)
+    if resume is not None:
+        check_resumed_emas(cfg, *resume)
     d = setup_distributed(cfg.device)
     if cfg.fsdp and d.world == 1:
         raise UserError("--fsdp shards over several processes: launch with torchrun --nproc_per_node=N")
@@ -252,6 +255,18 @@ def train(cfg: TrainConfig, resume: tuple[Path, Any] | None = None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_resumed_emas(cfg: TrainConfig, file: Path, ckpt: Any) -> None:
+    """A resumed run keeps its EMAs: --ema must list the checkpoint's decays (all restored, strictly)."""
+    stored = ckpt.ema_sets()
+    wanted = {ema_key(i): d for i, d in enumerate(cfg.ema)}
+    if list(stored) != list(wanted) or any(d is not None and d != wanted[k] for k, d in stored.items()):
+        held = ",".join("?" if d is None else f"{d:g}" for d in stored.values()) or "none"
+        raise UserError(
+            f"--ema {','.join(f'{d:g}' for d in cfg.ema)}: the run in {file} keeps the EMAs {held}; resume with "
+            "those (the default), or start a new run from its weights with --init"
+        )
 
 
 REFUSE_INIT_WITH_RESUME = (
@@ -380,17 +395,17 @@ class Run:
         if base is not None:
             model.load_state_dict(base.weights["model"], strict=True)
         model.to(d.device)
-        self.ema1, self.ema2 = EMA(model, cfg.ema1), EMA(model, cfg.ema2)
-        if base is not None:
-            for ema, key in ((self.ema1, "ema1"), (self.ema2, "ema2")):
+        self.emas = EMAs(model, cfg.ema)
+        if base is not None:  # by key: --init's ema1 continues as ema1 (an EMA it lacks starts from its weights)
+            for key, module in self.emas.modules().items():
                 if key in base.weights:
-                    ema.module.load_state_dict(base.weights[key], strict=True)
+                    module.load_state_dict(base.weights[key], strict=True)
         net: nn.Module = model
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         if cfg.fsdp:
             # Each block, then the rest, sharded over all ranks; the EMAs the same way, so they cost 1/world each.
             mesh = init_device_mesh(d.device.type, (d.world,))
-            for module in (model, self.ema1.module, self.ema2.module):
+            for module in (model, *self.emas.modules().values()):
                 for block in module.blocks:
                     fully_shard(block, mesh=mesh)
                 fully_shard(module, mesh=mesh)
@@ -481,8 +496,7 @@ class Run:
             self.grad_norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.ema1.update(self.params)
-        self.ema2.update(self.params)
+        self.emas.update(self.params)
         self.pending.append(step_loss / s.accum)
         self.images_since += self.plan.global_batch
 
@@ -550,8 +564,7 @@ class Run:
         """Every rank calls this (FSDP gathers the full weights for rank 0); rank 0 writes."""
         full = self.full
         model_state = get_model_state_dict(self.model, options=full)
-        ema1 = get_model_state_dict(self.ema1.module, options=full)
-        ema2 = get_model_state_dict(self.ema2.module, options=full)
+        emas = {key: get_model_state_dict(module, options=full) for key, module in self.emas.modules().items()}
         optimizer = get_optimizer_state_dict(self.model, self.opt, options=full)
         path = rundir.checkpoint_path(self.run_dir, step)
         if not self.d.main:
@@ -561,8 +574,8 @@ class Run:
             model_state=model_state,
             name=self.s.model_name or self.base_name,
             flow=self.flow.to_dict(),
-            ema1=ema1,
-            ema2=ema2,
+            emas=emas,
+            ema_decays=self.emas.decays(),
             class_names=self.index.classes,
             step=step,
             epoch=step // self.plan.steps_per_epoch,
@@ -590,8 +603,9 @@ class Run:
             return None
         g = torch.Generator(d.device).manual_seed(cfg.seed)
         shape = (self.grid_labels.shape[0], 3, cfg.res, cfg.res)
+        ema = self.emas.sets[ema_key(0)]
         x = self.flow.sample(
-            self.ema1.module,
+            ema.module,
             self.grid_labels,
             steps=cfg.sample_steps,
             cfg=cfg.sample_cfg,
@@ -601,11 +615,11 @@ class Run:
             net_dtype=torch.bfloat16 if self.bf16 else None,
         )
         if cfg.fsdp:
-            self.ema1.module.reshard()  # FSDP leaves the root gathered after a forward
+            ema.module.reshard()  # FSDP leaves the root gathered after a forward
         if not d.main:
             return None
         images = to_pixels(x).cpu().numpy()
-        title = f"step {step}: EMA {cfg.ema1} samples, Heun {cfg.sample_steps} steps, CFG {cfg.sample_cfg:g}"
+        title = f"step {step}: EMA {ema.decay} samples, Heun {cfg.sample_steps} steps, CFG {cfg.sample_cfg:g}"
         if self.judge is not None:
             score = self.judge.score(images, self.grid_labels.cpu().numpy())
             self.log.quality_row({"step": step, **score.to_dict()})

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from jitrs.errors import UserError
-from jitrs.train_config import TrainConfig, build_config, parse_model_args, read_config_file, resumed_defaults
+from jitrs.train_config import (
+    TrainConfig,
+    build_config,
+    parse_decays,
+    parse_model_args,
+    read_config_file,
+    resumed_defaults,
+)
 
 Opt = typer.Option
 D = TrainConfig()
@@ -73,8 +80,13 @@ def train_command(
     flip: Annotated[
         bool, Opt("--flip/--no-flip", help="Random horizontal flips (p = 0.5); off for data mirroring changes.")
     ] = D.flip,
-    ema1: Annotated[float, Opt(help="Decay of the first EMA (used for samples and evaluation).")] = D.ema1,
-    ema2: Annotated[float, Opt(help="Decay of the second EMA.")] = D.ema2,
+    ema: Annotated[
+        str,
+        Opt(
+            help="EMA decays, comma-separated, each EMA updated every step and saved as ema1, ema2, ... in this "
+            "order (ema1 makes the sample grids); e.g. the paper's 0.9999,0.9998,0.9996."
+        ),
+    ] = ",".join(map(str, D.ema)),
     seed: Annotated[int, Opt(help="Seed of the data order, flips, noise and initialisation.")] = D.seed,
     ckpt_every: Annotated[int, Opt(help="Save a checkpoint every N optimiser steps (and at the end).")] = D.ckpt_every,
     keep_last: Annotated[int, Opt(help="Keep only the newest K checkpoints; 0 keeps all.")] = D.keep_last,
@@ -117,6 +129,8 @@ def train_command(
             continue
         if name == "model_arg":
             explicit["model_args"] = parse_model_args(value or [])
+        elif name == "ema":
+            explicit["ema"] = parse_decays(value)
         else:
             explicit[name] = value
     from jitrs.train import REFUSE_INIT_WITH_RESUME, load_resume, train
