@@ -19,6 +19,17 @@ from jitrs.train_config import (
 
 Opt = typer.Option
 D = TrainConfig()
+DEFAULT_EMA = ",".join(map(str, D.ema))
+
+
+# Options declared here, one line each in the signature below (which the layout test keeps under 120 lines).
+EmaOption = Annotated[
+    str,
+    Opt(
+        help="EMA decays, comma-separated, each EMA updated every step and saved as ema1, ema2, ... in this order "
+        "(ema1 makes the sample grids); e.g. the paper's 0.9999,0.9998,0.9996."
+    ),
+]
 
 
 def train_command(
@@ -80,13 +91,7 @@ def train_command(
     flip: Annotated[
         bool, Opt("--flip/--no-flip", help="Random horizontal flips (p = 0.5); off for data mirroring changes.")
     ] = D.flip,
-    ema: Annotated[
-        str,
-        Opt(
-            help="EMA decays, comma-separated, each EMA updated every step and saved as ema1, ema2, ... in this "
-            "order (ema1 makes the sample grids); e.g. the paper's 0.9999,0.9998,0.9996."
-        ),
-    ] = ",".join(map(str, D.ema)),
+    ema: EmaOption = DEFAULT_EMA,
     seed: Annotated[int, Opt(help="Seed of the data order, flips, noise and initialisation.")] = D.seed,
     ckpt_every: Annotated[int, Opt(help="Save a checkpoint every N optimiser steps (and at the end).")] = D.ckpt_every,
     keep_last: Annotated[int, Opt(help="Keep only the newest K checkpoints; 0 keeps all.")] = D.keep_last,
