@@ -10,44 +10,25 @@ import numpy as np
 import pytest
 import scipy.linalg
 import sklearn.datasets
-import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from PIL import Image
-from torch import nn
 
 import jitrs
-from jitrs import metrics
+from jitrs import metrics, scoring
 from jitrs.errors import UserError
 from jitrs.metrics import Stats, frechet_distance
 from testkit import cli
 from testkit.checkpoints import TINY, make_checkpoint
 from testkit.cli import one_error_line
+from testkit.feature_nets import random_inception_weights
 
 SIZE = 32
 COUNT = 4
 
 
-class _RandomInception(tf_inception.FeatureExtractorInceptionV3):
-    """torch-fidelity's InceptionV3 left at a random init (its constructor insists on loading weights)."""
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        return None
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A weights file the real code path loads: a random Inception (He init, so features neither vanish nor blow
-    up through 90 layers), saved as a state dict like the published file."""
-    folder = tmp_path_factory.mktemp("inception")
-    torch.save({}, folder / "empty.pth")
-    torch.manual_seed(0)
-    net = _RandomInception("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(folder / "empty.pth"))
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    nn.init.normal_(net.fc.weight, std=2.0)
-    torch.save(net.state_dict(), folder / "random-inception.pth")
-    return folder / "random-inception.pth"
+    return random_inception_weights(tmp_path_factory.mktemp("inception"))
 
 
 def tiles(image: str, count: int, offset: int = 0) -> list[np.ndarray]:
@@ -79,7 +60,7 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def flower_stats(weights: Path, sets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("stats") / "flower_stats.npz"
-    assert metrics.make_reference(sets["flower"], SIZE, path, weights, device="cpu") == (COUNT, [])
+    assert scoring.make_reference(sets["flower"], SIZE, path, inception_weights=weights, device="cpu") == (COUNT, [])
     return path
 
 
@@ -92,7 +73,7 @@ def china_vs_flower(weights: Path, sets: dict[str, Path], flower_stats: Path) ->
             raise AssertionError("tried to download Inception weights")
 
         mp.setattr(tf_inception, "load_state_dict_from_url", refuse)
-        return metrics.evaluate(sets["china"], flower_stats, weights, device="cpu")
+        return scoring.evaluate(sets["china"], flower_stats, inception_weights=weights, device="cpu")
 
 
 def run_cli(*args: str | Path | int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -140,7 +121,15 @@ def test_a_set_against_itself(
     weights: Path, sets: dict[str, Path], china_vs_flower: dict[str, float], tmp_path: Path
 ) -> None:
     same = eval_json(
-        tmp_path, "--samples", sets["china"], "--ref", sets["china"], "--inception-weights", weights, "--prc"
+        tmp_path,
+        "--samples",
+        sets["china"],
+        "--ref",
+        sets["china"],
+        "--inception-weights",
+        weights,
+        "--metrics",
+        "fid,is,prc",
     )
     assert same["images"] == COUNT
     assert abs(same["fid"]) < 1e-4
@@ -151,7 +140,7 @@ def test_a_set_against_itself(
 
 def test_identical_images_have_inception_score_one(weights: Path, flower_stats: Path, tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "same", tiles("china.jpg", 1) * COUNT)
-    got = metrics.evaluate(folder, flower_stats, weights, device="cpu")
+    got = scoring.evaluate(folder, flower_stats, inception_weights=weights, device="cpu")
     assert got["inception_score"] == pytest.approx(1.0, abs=1e-9)
 
 
@@ -167,16 +156,31 @@ def test_npz_samples_and_adm_refs_match_folders(
     flowers = np.stack([np.asarray(Image.open(p)) for p in sorted(sets["flower"].iterdir())])
     np.savez(adm, mu=mu, sigma=sigma, arr_0=flowers)
 
-    by_npz = metrics.evaluate(sets["china_npz"], flower_stats, weights, device="cpu")
+    by_npz = scoring.evaluate(sets["china_npz"], flower_stats, inception_weights=weights, device="cpu")
     assert by_npz["fid"] == pytest.approx(china_vs_flower["fid"], rel=1e-5)
     assert by_npz["inception_score"] == pytest.approx(china_vs_flower["inception_score"], rel=1e-6)
     by_adm = eval_json(
-        tmp_path, "--samples", sets["china_npz"], "--ref", adm, "--prc", env={metrics.WEIGHTS_ENV: str(weights)}
+        tmp_path,
+        "--samples",
+        sets["china_npz"],
+        "--ref",
+        adm,
+        "--metrics",
+        "fid,is,prc",
+        env={metrics.WEIGHTS_ENV: str(weights)},
     )
     assert by_adm["fid"] == pytest.approx(china_vs_flower["fid"], rel=1e-5)
     # Precision/recall from the ADM batch's arr_0 are those from the same images as a folder.
     by_folder = eval_json(
-        tmp_path, "--samples", sets["china"], "--ref", sets["flower"], "--inception-weights", weights, "--prc"
+        tmp_path,
+        "--samples",
+        sets["china"],
+        "--ref",
+        sets["flower"],
+        "--inception-weights",
+        weights,
+        "--metrics",
+        "fid,is,prc",
     )
     assert (by_adm["precision"], by_adm["recall"]) == (by_folder["precision"], by_folder["recall"])
 
@@ -196,7 +200,7 @@ def test_make_ref_uses_the_adm_center_crop(weights: Path, tmp_path: Path) -> Non
     assert r.returncode == 0, r.stderr
     crops = jitrs.load_batch([str(p) for p in sorted(paths)], SIZE)
     folder = write_folder(tmp_path / "crops", list(crops))
-    assert abs(metrics.evaluate(folder, stats, weights, device="cpu")["fid"]) < 1e-4
+    assert abs(scoring.evaluate(folder, stats, inception_weights=weights, device="cpu")["fid"]) < 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -238,14 +242,16 @@ def test_sample_then_eval_in_one_command(weights: Path, flower_stats: Path, tmp_
     r = run_cli("sample", *args, "--eval-ref", flower_stats, "--inception-weights", weights)
     assert r.returncode == 0, r.stderr
     assert "FID" in r.stdout and "Inception Score" in r.stdout
-    alone = metrics.evaluate(out / f"samples_{COUNT}x{SIZE}x{SIZE}x3.npz", flower_stats, weights, device="cpu")
+    alone = scoring.evaluate(
+        out / f"samples_{COUNT}x{SIZE}x{SIZE}x3.npz", flower_stats, inception_weights=weights, device="cpu"
+    )
     assert f"{alone['fid']:.4f}" in r.stdout
 
 
-def test_sample_refuses_eval_without_weights_before_sampling(sets: dict[str, Path], tmp_path: Path) -> None:
+def test_sample_refuses_eval_without_weights_before_sampling(flower_stats: Path, tmp_path: Path) -> None:
     ckpt = make_checkpoint(tmp_path / "tiny.pt", TINY)
     out = tmp_path / "samples"
-    line = one_error_line(run_cli("sample", "--ckpt", ckpt, "--out", out, "--n", 2, "--eval-ref", sets["flower"]))
+    line = one_error_line(run_cli("sample", "--ckpt", ckpt, "--out", out, "--n", 2, "--eval-ref", flower_stats))
     assert "pt_inception" in line
     assert not out.exists()
 
@@ -253,20 +259,26 @@ def test_sample_refuses_eval_without_weights_before_sampling(sets: dict[str, Pat
 def test_reference_problems_found_before_or_during_the_pass(
     weights: Path, sets: dict[str, Path], flower_stats: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(UserError, match="precision/recall need reference images"):
-        metrics.evaluate(sets["china"], flower_stats, weights, precision_recall=True)
+    old = tmp_path / "old_stats.npz"  # the official/ADM format: mu and sigma only
+    with np.load(flower_stats) as f:
+        np.savez(old, mu=f["mu"], sigma=f["sigma"])
+    with pytest.raises(UserError, match=r"old_stats\.npz: holds no reference features for precision/recall"):
+        scoring.evaluate(sets["china"], old, "fid,prc", inception_weights=weights)
     data = tmp_path / "data"
     write_folder(data / "class0", tiles("china.jpg", 2))
     (data / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     # A bad image of a data set is skipped and reported, as training skips it: the statistics are the good ones'.
-    count, skipped = metrics.make_reference(data, SIZE, tmp_path / "stats.npz", weights, device="cpu")
+    count, skipped = scoring.make_reference(data, SIZE, tmp_path / "stats.npz", inception_weights=weights, device="cpu")
     assert count == 2 and [(Path(p).name, "truncated" in why) for p, why in skipped] == [("broken.jpg", True)]
     (data / "class0" / "broken.jpg").unlink()
-    assert metrics.make_reference(data, SIZE, tmp_path / "clean.npz", weights, device="cpu") == (2, [])
+    assert scoring.make_reference(data, SIZE, tmp_path / "clean.npz", inception_weights=weights, device="cpu") == (
+        2,
+        [],
+    )
     with np.load(tmp_path / "stats.npz") as a, np.load(tmp_path / "clean.npz") as b:
         assert np.array_equal(a["mu"], b["mu"]) and np.array_equal(a["sigma"], b["sigma"])
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(UserError, match=r"out=.*a-file/stats\.npz: cannot write there"):
-        metrics.make_reference(data, SIZE, blocker / "stats.npz", weights, device="cpu")
+        scoring.make_reference(data, SIZE, blocker / "stats.npz", inception_weights=weights, device="cpu")
     assert not list(tmp_path.glob("*.tmp"))

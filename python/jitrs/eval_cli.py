@@ -28,7 +28,22 @@ LABELS = {
     "inception_score_std": "IS std",
     "precision": "precision",
     "recall": "recall",
+    "fd_dinov2": "FD_DINOv2",
 }
+METRICS_HELP = "Comma-separated: fid, is (Inception Score), prc (precision/recall), fd-dinov2."
+INCEPTION_HELP = "Inception weights pt_inception-2015-12-05-6726825d.pth (or $JITRS_INCEPTION_WEIGHTS)."
+DINOV2_HELP = "DINOv2 weights dinov2_vitl14_pretrain.pth for fd-dinov2 (or $JITRS_DINOV2_WEIGHTS)."
+
+
+def warn_if_few(results: dict[str, float]) -> None:
+    """A Fréchet distance of fewer images than feature dimensions is far above its 50K-image value."""
+    from jitrs.metrics import FEATURE_DIM
+
+    if "fid" in results and results["images"] < FEATURE_DIM:
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] FID of {results['images']:.0f} images: with fewer images than the "
+            f"{FEATURE_DIM} feature dimensions it is biased far above the 50K-image value the paper reports"
+        )
 
 
 def print_results(results: dict[str, float]) -> None:
@@ -50,23 +65,23 @@ def eval_command(
         ),
     ] = None,
     make_ref: Annotated[
-        Path | None, typer.Option(help="Compute reference statistics of this image folder instead.")
+        Path | None,
+        typer.Option(
+            help="Compute reference statistics of this image folder instead (Inception, and DINOv2 when --metrics "
+            "has fd-dinov2)."
+        ),
     ] = None,
     res: Annotated[int, typer.Option(help="--make-ref: ADM center-crop size.")] = 256,
     out: Annotated[Path | None, typer.Option(help="--make-ref: where to write the stats npz.")] = None,
-    inception_weights: Annotated[
-        Path | None,
-        typer.Option(help="Inception weights pt_inception-2015-12-05-6726825d.pth (or $JITRS_INCEPTION_WEIGHTS)."),
-    ] = None,
-    precision_recall: Annotated[
-        bool, typer.Option("--prc", help="Also precision/recall (needs reference images).")
-    ] = False,
+    metrics: Annotated[str, typer.Option(help=METRICS_HELP)] = "fid,is",
+    inception_weights: Annotated[Path | None, typer.Option(help=INCEPTION_HELP)] = None,
+    dinov2_weights: Annotated[Path | None, typer.Option(help=DINOV2_HELP)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per Inception batch.")] = 100,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
 ) -> None:
-    """FID and Inception Score with torch-fidelity's Inception (weights from a local file, never downloaded)."""
-    from jitrs import metrics
+    """FID, IS, precision/recall (torch-fidelity) and FD_DINOv2; weights from local files, never downloaded."""
+    from jitrs import scoring
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
@@ -75,11 +90,13 @@ def eval_command(
             raise UserError("--make-ref needs --out STATS.npz")
         if samples is not None or ref is not None:
             raise UserError("--make-ref computes statistics only: drop --samples/--ref")
-        count, skipped = metrics.make_reference(make_ref, res, out, inception_weights, batch_size, device)
+        count, skipped = scoring.make_reference(
+            make_ref, res, out, metrics, inception_weights, dinov2_weights, batch_size, device
+        )
         console = Console(markup=False, highlight=False, soft_wrap=True)
         if skipped:
             console.print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}: {skipped[0][1]}")
-        console.print(f"wrote Inception statistics of {count} images of {make_ref} at {res} px to {out}")
+        console.print(f"wrote reference statistics of {count} images of {make_ref} at {res} px to {out}")
         return
     if samples is None or ref is None:
         raise UserError("give --samples and --ref (or --make-ref DATA_DIR --out STATS.npz)")
@@ -91,12 +108,10 @@ def eval_command(
         Console().print(escape(f"builtin:{builtin} quality: {score.summary()}"), highlight=False)
         results = {k: float(v) for k, v in score.to_dict().items()}
     else:
-        results = metrics.evaluate(samples, ref, inception_weights, precision_recall, batch_size, device)
-        if results["images"] < metrics.FEATURE_DIM:
-            Console(stderr=True).print(
-                f"[yellow]warning:[/] FID of {results['images']:.0f} images: with fewer images than the "
-                f"{metrics.FEATURE_DIM} feature dimensions it is biased far above the 50K-image value the paper reports"
-            )
+        results = scoring.evaluate(
+            samples, ref, metrics, inception_weights, dinov2_weights, batch_size=batch_size, device=device
+        )
+        warn_if_few(results)
     print_results(results)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")

@@ -17,27 +17,24 @@ import numpy as np
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 import jitrs
-from jitrs import adm_npz
-from jitrs.atomic import atomic_path, writable_dir
-from jitrs.device import pick_device
+from jitrs import adm_npz, dinov2
+from jitrs.atomic import atomic_path
 from jitrs.errors import UserError
 
 WEIGHTS_ENV = "JITRS_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+DINOV2_WEIGHTS_ENV = "JITRS_DINOV2_WEIGHTS"
 FEATURE_DIM = 2048
+INCEPTION = "inception-v3-compat"  # torch-fidelity's name of the TF-compatible InceptionV3
+DINOV2 = "dinov2-vit-l-14"  # the DINOv2 of FD_DINOv2 (Stein et al. 2023)
+LOGITS = "logits"  # the Inception Score's features
+STATS_KEYS = {INCEPTION: "", DINOV2: "dinov2_"}  # key prefix of each space's mu/sigma in a reference npz
+# Precision/recall compare feature sets, not Gaussians: a reference file keeps the Inception features of this
+# many of its images (an evenly spaced subset of the sorted files), 80 MB at most.
+PRC_REF_IMAGES = 10_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-@dataclass
-class Features:
-    """Inception outputs for a set of images: pool3 (N, 2048) float32 and unbiased logits (N, 1008) float32."""
-
-    pool: torch.Tensor
-    logits: torch.Tensor
 
 
 @dataclass
@@ -48,36 +45,64 @@ class Stats:
     sigma: np.ndarray
 
 
-# ---------------------------------------------------------------------------------------------- Inception
-def inception_weights_path(inception_weights: str | Path | None) -> Path:
-    """The weights file given, else $JITRS_INCEPTION_WEIGHTS; UserError naming what is needed."""
-    given = inception_weights if inception_weights is not None else os.environ.get(WEIGHTS_ENV)
+@dataclass
+class Reference:
+    """What a reference npz holds: Fréchet statistics per feature space, the Inception features of a subset
+    for precision/recall, and the resolution and count of the images (None in files that predate them)."""
+
+    path: Path | None
+    stats: dict[str, Stats]
+    prc_features: torch.Tensor | None  # (M, 2048) float32, M <= PRC_REF_IMAGES
+    resolution: int | None
+    count: int | None
+
+
+# ---------------------------------------------------------------------------------------------- networks
+def _weights_path(given: str | Path | None, param: str, env: str, file: str, url: str, purpose: str) -> Path:
+    given = given if given is not None else os.environ.get(env)
     if not given:
         raise UserError(
-            f"FID/IS need the Inception weights file {WEIGHTS_FILE} (published at {URL_INCEPTION_V3}): "
-            f"download it once and pass it here or set {WEIGHTS_ENV}",
-            param="inception_weights",
+            f"{purpose} need the weights file {file} (published at {url}): download it once and pass it here "
+            f"or set {env}",
+            param=param,
         )
     path = Path(given)
     if not path.is_file():
-        raise UserError(f"no such file (expected {WEIGHTS_FILE})", param="inception_weights", value=path)
+        raise UserError(f"no such file (expected {file}, published at {url})", param=param, value=path)
     return path
+
+
+def inception_weights_path(inception_weights: str | Path | None) -> Path:
+    """The weights file given, else $JITRS_INCEPTION_WEIGHTS; UserError naming what is needed."""
+    return _weights_path(
+        inception_weights, "inception_weights", WEIGHTS_ENV, WEIGHTS_FILE, URL_INCEPTION_V3, "FID/IS/precision/recall"
+    )
+
+
+def dinov2_weights_path(dinov2_weights: str | Path | None) -> Path:
+    """The weights file given, else $JITRS_DINOV2_WEIGHTS; UserError naming what is needed."""
+    return _weights_path(
+        dinov2_weights, "dinov2_weights", DINOV2_WEIGHTS_ENV, dinov2.WEIGHTS_FILE, dinov2.WEIGHTS_URL, "FD_DINOv2"
+    )
+
+
+def _state_dict(weights: Path, param: str, file: str, key: str) -> dict[str, torch.Tensor]:
+    try:
+        # weights_only, so a bad or hostile file is refused before anything unpickles it.
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"not a PyTorch weights file ({e.__class__.__name__})", param=param, value=weights) from None
+    if not isinstance(state, dict) or key not in state:
+        raise UserError(f"not the state dict of {file}", param=param, value=weights)
+    return state
 
 
 def load_inception(weights: Path, device: torch.device | str = "cpu") -> FeatureExtractorInceptionV3:
     """torch-fidelity's InceptionV3 with weights from `weights` (never downloaded), in eval mode on `device`."""
-    try:
-        # Read once with weights_only so a bad or hostile file is refused before torch-fidelity unpickles it.
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(
-            f"not a PyTorch weights file ({e.__class__.__name__})", param="inception_weights", value=weights
-        ) from None
-    if not isinstance(state, dict) or "fc.weight" not in state:
-        raise UserError(f"not the Inception state dict {WEIGHTS_FILE}", param="inception_weights", value=weights)
+    _state_dict(weights, "inception_weights", WEIGHTS_FILE, "fc.weight")
     try:
         net = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(weights)
+            INCEPTION, ["2048", "logits_unbiased"], feature_extractor_weights_path=str(weights)
         )
     except RuntimeError as e:
         raise UserError(
@@ -86,18 +111,48 @@ def load_inception(weights: Path, device: torch.device | str = "cpu") -> Feature
     return net.to(device)
 
 
-@torch.no_grad()
-def extract(net: FeatureExtractorInceptionV3, batches: Iterator[np.ndarray], device: torch.device) -> Features:
-    """Run (B, H, W, 3) uint8 batches through Inception (which resizes to 299 itself) and gather the features."""
-    pools, logits = [], []
-    for images in batches:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
-        pool, logit = net(x)
-        pools.append(pool.cpu())
-        logits.append(logit.cpu())
-    if not pools:
-        raise UserError("no images to evaluate")
-    return Features(torch.cat(pools), torch.cat(logits))
+def load_dinov2(weights: Path, device: torch.device | str = "cpu") -> dinov2.DinoV2:
+    """DINOv2 ViT-L/14 with weights from `weights` (never downloaded), in eval mode on `device`."""
+    state = _state_dict(weights, "dinov2_weights", dinov2.WEIGHTS_FILE, "pos_embed")
+    net = dinov2.DinoV2(*dinov2.DinoV2.shape_of(state))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"is not DINOv2 ViT-L/14 weights ({first})", param="dinov2_weights", value=weights) from None
+    return net.requires_grad_(False).eval().to(device)
+
+
+class FeatureNets:
+    """The networks of some feature spaces on one device; called on uint8 (B, 3, H, W) images (any size: each
+    network resizes to its own input), they return float32 features by name: INCEPTION (B, 2048) pool3,
+    LOGITS (B, 1008) unbiased Inception logits, DINOV2 (B, 1024)."""
+
+    def __init__(
+        self,
+        spaces: set[str],
+        device: torch.device,
+        inception_weights: str | Path | None = None,
+        dinov2_weights: str | Path | None = None,
+    ) -> None:
+        # Every path is checked before any network is built, so a missing second file is reported at once.
+        paths = {INCEPTION: inception_weights_path(inception_weights)} if INCEPTION in spaces else {}
+        if DINOV2 in spaces:
+            paths[DINOV2] = dinov2_weights_path(dinov2_weights)
+        self.inception = load_inception(paths[INCEPTION], device) if INCEPTION in paths else None
+        self.dinov2 = load_dinov2(paths[DINOV2], device) if DINOV2 in paths else None
+        self.dims = {INCEPTION: FEATURE_DIM} if self.inception is not None else {}
+        if self.dinov2 is not None:
+            self.dims[DINOV2] = self.dinov2.dim
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.inception is not None:
+            out[INCEPTION], out[LOGITS] = self.inception(images)
+        if self.dinov2 is not None:
+            out[DINOV2] = self.dinov2(images)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- image sources
@@ -118,17 +173,21 @@ def folder_batches(files: list[Path], size: int, batch: int) -> Iterator[np.ndar
             raise UserError(str(e)) from None  # it names the file; a skipped image would bias the statistics
 
 
-def reference_batches(files: list[Path], size: int, batch: int, skipped: list[tuple[str, str]]) -> Iterator[np.ndarray]:
-    """As folder_batches, for a data set: an unreadable image is skipped and appended to `skipped` (path, reason),
-    as training skips it."""
+def reference_batches(
+    files: list[Path], size: int, batch: int, skipped: list[tuple[str, str]]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """As folder_batches, with each batch's positions in `files`, for a data set: an unreadable image is skipped
+    and appended to `skipped` (path, reason), as training skips it."""
     for start in range(0, len(files), batch):
         chunk = [str(p) for p in files[start : start + batch]]
         images, errors = jitrs.load_batch(chunk, size, on_error="skip")
+        positions = np.arange(start, start + len(chunk))
         if errors:
             skipped.extend((chunk[i], reason) for i, reason in errors)
-            images = np.delete(images, [i for i, _ in errors], axis=0)
+            bad = [i for i, _ in errors]
+            images, positions = np.delete(images, bad, axis=0), np.delete(positions, bad)
         if len(images):
-            yield images
+            yield positions, images
 
 
 def image_source(path: Path, param: str, size: int | None, batch: int) -> tuple[Iterator[np.ndarray], int]:
@@ -159,28 +218,64 @@ def features_to_stats(features: torch.Tensor) -> Stats:
     return Stats(s["mu"].astype(np.float64), s["sigma"].astype(np.float64))
 
 
-def load_stats(path: Path, param: str = "ref") -> Stats | None:
-    """mu/sigma of a reference npz (official JiT fid_stats, ADM reference batch); None when it holds none."""
-    keys = adm_npz.keys(path)
-    if "mu" not in keys and "sigma" not in keys:
+def _reference_keys(path: Path, param: str) -> set[str]:
+    if not path.is_file():
+        raise UserError("no such file", param=param, value=path)
+    try:
+        return set(adm_npz.keys(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"not an npz file ({e.__class__.__name__})", param=param, value=path) from None
+
+
+def load_reference(path: Path, param: str = "ref") -> Reference | None:
+    """The statistics of a reference npz; None when it holds none (an image npz).
+
+    A file written by `jitrs eval --make-ref` records its feature spaces and resolution; an older one (official
+    JiT fid_stats, ADM reference batch: only mu/sigma) is read as Inception statistics of unknown resolution,
+    so it works for FID and the resolution is not checked."""
+    keys = _reference_keys(path, param)
+    if not keys & {"mu", "sigma", *STATS_KEYS.values()}:
         return None
-    with np.load(path) as f:
-        if "mu" not in f or "sigma" not in f:
-            raise UserError("holds only one of mu and sigma", param=param, value=path)
-        mu, sigma = f["mu"], f["sigma"]
-    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
-        raise UserError(
-            f"mu {mu.shape} and sigma {sigma.shape} are not Inception pool3 statistics "
-            f"(expected ({FEATURE_DIM},) and ({FEATURE_DIM}, {FEATURE_DIM}))",
-            param=param,
-            value=path,
-        )
-    return Stats(mu.astype(np.float64), sigma.astype(np.float64))
+    stats: dict[str, Stats] = {}
+    with np.load(path, allow_pickle=False) as f:
+        for space, prefix in STATS_KEYS.items():
+            mu_key, sigma_key = f"{prefix}mu", f"{prefix}sigma"
+            if (mu_key in f) != (sigma_key in f):
+                raise UserError(f"holds only one of {mu_key} and {sigma_key}", param=param, value=path)
+            if mu_key not in f:
+                continue
+            mu, sigma = f[mu_key], f[sigma_key]
+            # DINOv2's width is that of the weights (1024 for ViT-L/14); the Scorer matches it to the network.
+            dim = FEATURE_DIM if space == INCEPTION else mu.shape[0] if mu.ndim == 1 else -1
+            if mu.shape != (dim,) or sigma.shape != (dim, dim):
+                expected = f"({dim},) and ({dim}, {dim})" if space == INCEPTION else "(D,) and (D, D)"
+                raise UserError(
+                    f"{mu_key} {mu.shape} and {sigma_key} {sigma.shape} are not {space} statistics "
+                    f"(expected {expected})",
+                    param=param,
+                    value=path,
+                )
+            stats[space] = Stats(mu.astype(np.float64), sigma.astype(np.float64))
+        prc = torch.from_numpy(f["prc_features"].astype(np.float32)) if "prc_features" in f else None
+        resolution = int(f["resolution"]) if "resolution" in f else None
+        count = int(f["count"]) if "count" in f else None
+    return Reference(path, stats, prc, resolution, count)
 
 
-def save_stats(path: Path, stats: Stats, count: int) -> None:
+def save_reference(path: Path, ref: Reference) -> None:
+    """Write `ref` as an npz (see load_reference), atomically."""
+    arrays: dict[str, np.ndarray] = {}
+    for space, s in ref.stats.items():
+        arrays[f"{STATS_KEYS[space]}mu"], arrays[f"{STATS_KEYS[space]}sigma"] = s.mu, s.sigma
+    if ref.prc_features is not None:
+        arrays["prc_features"] = ref.prc_features.numpy().astype(np.float32)
+    arrays["feature_spaces"] = np.array(sorted(ref.stats), dtype=np.str_)
+    if ref.resolution is not None:
+        arrays["resolution"] = np.int64(ref.resolution)
+    if ref.count is not None:
+        arrays["count"] = np.int64(ref.count)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(count))
+        np.savez(f, **arrays)
 
 
 def frechet_distance(a: Stats, b: Stats) -> float:
@@ -188,74 +283,3 @@ def frechet_distance(a: Stats, b: Stats) -> float:
     return fid_statistics_to_metric({"mu": a.mu, "sigma": a.sigma}, {"mu": b.mu, "sigma": b.sigma}, False)[
         KEY_METRIC_FID
     ]
-
-
-# ---------------------------------------------------------------------------------------------- the jobs
-def evaluate(
-    samples: Path,
-    ref: Path,
-    weights: str | Path | None = None,
-    precision_recall: bool = False,
-    batch_size: int = 100,
-    device: str | None = None,
-) -> dict[str, float]:
-    """FID and IS of `samples` (folder of PNGs or npz arr_0) against `ref` (stats npz, image npz or folder)."""
-    weights_path = inception_weights_path(weights)
-    if not ref.exists():
-        raise UserError("no such file or directory", param="ref", value=ref)
-    ref_stats = load_stats(ref) if ref.is_file() else None
-    if ref.is_file() and ref_stats is None and "arr_0" not in adm_npz.keys(ref):
-        raise UserError("the npz holds neither mu/sigma statistics nor images (arr_0)", param="ref", value=ref)
-    if precision_recall and ref.is_file() and "arr_0" not in adm_npz.keys(ref):
-        raise UserError("precision/recall need reference images, the npz holds only statistics", param="ref", value=ref)
-    sample_batches, size = image_source(samples, "samples", None, batch_size)
-    dev = pick_device(device)
-    net = load_inception(weights_path, dev)
-    fake = extract(net, sample_batches, dev)
-    results: dict[str, float] = {"images": float(fake.pool.shape[0])}
-    real: Features | None = None
-    if ref_stats is None or precision_recall:
-        ref_batches, _ = image_source(ref, "ref", size, batch_size)
-        real = extract(net, ref_batches, dev)
-        if ref_stats is None:
-            ref_stats = features_to_stats(real.pool)
-    results["fid"] = frechet_distance(features_to_stats(fake.pool), ref_stats)
-    splits = min(10, fake.logits.shape[0])
-    isc = isc_features_to_metric(fake.logits, splits=splits)
-    results["inception_score"] = isc[KEY_METRIC_ISC_MEAN]
-    results["inception_score_std"] = isc[KEY_METRIC_ISC_STD]
-    if precision_recall and real is not None:
-        prc = prc_features_to_metric(fake.pool, real.pool, verbose=False)
-        results["precision"] = prc[KEY_METRIC_PRECISION]
-        results["recall"] = prc[KEY_METRIC_RECALL]
-    return results
-
-
-def make_reference(
-    data: Path,
-    res: int,
-    out: Path,
-    weights: str | Path | None = None,
-    batch_size: int = 100,
-    device: str | None = None,
-) -> tuple[int, list[tuple[str, str]]]:
-    """Write mu/sigma of every readable image under `data` (recursively, ADM center crop to res) to `out`.
-
-    Returns (N, the skipped images as (path, reason))."""
-    weights_path = inception_weights_path(weights)
-    if not data.is_dir():
-        raise UserError("not a directory of images", param="make_ref", value=data)
-    if res <= 0:
-        raise UserError("must be a positive image size", param="res", value=res)
-    files = image_files(data, recursive=True)
-    if len(files) < 2:
-        raise UserError(f"found {len(files)} image(s), need at least 2", param="make_ref", value=data)
-    writable_dir(out.parent, value=out)  # fail now rather than after a pass over the whole data set
-    dev = pick_device(device)
-    skipped: list[tuple[str, str]] = []
-    feats = extract(load_inception(weights_path, dev), reference_batches(files, res, batch_size, skipped), dev)
-    count = len(files) - len(skipped)
-    if count < 2:
-        raise UserError(f"only {count} of {len(files)} images could be read", param="make_ref", value=data)
-    save_stats(out, features_to_stats(feats.pool), count)
-    return count, skipped

@@ -15,10 +15,10 @@ import queue
 import re
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from jitrs.flow import Flow
 from jitrs.grid import image_grid
 from jitrs.paper import SAMPLE_STEPS
 from jitrs.rundir import DirLock, resolve_checkpoint
+
+if TYPE_CHECKING:
+    from jitrs.scoring import Scorer
 
 # CFG scales of the released official results (reference table); other models default to no guidance.
 OFFICIAL_CFG = {"JiT-B/16": 3.0, "JiT-B/32": 3.0, "JiT-L/16": 2.4, "JiT-L/32": 2.5, "JiT-H/16": 2.2, "JiT-H/32": 2.3}
@@ -206,6 +209,30 @@ class SampleStore:
         grid_path.parent.mkdir(exist_ok=True)
         jitrs.write_pngs(image_grid(first, cols=8)[None], [str(grid_path)])
 
+    def read(self, indices: Sequence[int], batch: int) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(indices, (B, H, W, 3) uint8) batches of the stored images of `indices` (complete ones, ascending)."""
+        if self.png:
+            for start in range(0, len(indices), batch):
+                idx = list(indices[start : start + batch])
+                yield idx, jitrs.load_batch([str(self.out / png_name(i)) for i in idx], self.settings.resolution)
+            return
+        wanted = set(indices)
+        stream = (
+            (img[0] for img in adm_npz.read_images(self.npz_path, 1))
+            if self.npz_path.exists()
+            else (img[0] for img in self._images_from_parts())
+        )
+        idx, images = [], []
+        for i, image in enumerate(stream):
+            if i in wanted:
+                idx.append(i)
+                images.append(image)
+            if len(idx) == batch or (idx and i == indices[-1]):
+                yield idx, np.stack(images)
+                idx, images = [], []
+            if i == indices[-1]:
+                return
+
     def first_images(self, count: int) -> np.ndarray:
         """(count, H, W, 3) uint8: images 0..count-1, from the PNGs, the finished npz or the npz parts."""
         if self.png:
@@ -358,10 +385,12 @@ def my_batches(missing: Sequence[int], batch_size: int, rank: int, world: int) -
             yield list(missing[start : start + batch_size])
 
 
-def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
+def sample(opt: SampleOptions, console: Console | None = None, scorer: Scorer | None = None) -> Path | None:
     """Run the whole job (every rank calls this under torchrun).
 
-    Returns, on rank 0, what to evaluate: the PNG folder, or the npz file when only npz was asked; None elsewhere.
+    With a `scorer`, every image is also added to it: each new one from the very pixels written, each one a
+    resumed job finds already done as read back from its file (the same uint8 pixels). Returns, on rank 0, what
+    to evaluate: the PNG folder, or the npz file when only npz was asked; None elsewhere.
     """
     _check_options(opt)
     ckpt_path = resolve_checkpoint(opt.ckpt, "ckpt")
@@ -381,6 +410,10 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
         raise UserError(f"--classes {bad[0]} is out of range: {ckpt_path} has classes 0..{num_classes - 1}")
+    if scorer is not None:
+        from jitrs.scoring import check_reference
+
+        check_reference(scorer.reference, scorer.metrics, res)  # before any image is made
     weights = ckpt.select(opt.ema)
     cfg, steps = sampler_defaults(opt, ckpt)
     flow = _flow(ckpt_path, ckpt.flow, ckpt.noise_scale)
@@ -432,10 +465,15 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
                 )
             say(f"{opt.n - len(missing)} of {opt.n} images already in {opt.out}; sampling {len(missing)}")
 
+        if scorer is not None:
+            done = sorted(set(range(opt.n)) - set(missing))
+            mine = [i for idx in my_batches(done, opt.batch_size, rank, world) for i in idx]
+            for idx, images in store.read(mine, opt.batch_size) if mine else ():
+                scorer.add(images, idx)
         if missing:
             use_compile = opt.compile if opt.compile is not None else device.type == "cuda"
             model = torch.compile(net) if use_compile else net
-            _sample_missing(model, net, flow, store, settings, missing, opt.batch_size, device, rank, world, console)
+            _sample_missing(model, flow, store, settings, missing, opt.batch_size, device, rank, world, console, scorer)
         _barrier(world)
         if rank == 0:
             store.finish()
@@ -444,9 +482,36 @@ def sample(opt: SampleOptions, console: Console | None = None) -> Path | None:
     return None
 
 
+def generate(
+    model: Any,
+    flow: Flow,
+    batches: Iterable[list[int]],
+    labels: np.ndarray,
+    *,
+    seed: int,
+    steps: int,
+    method: str = "heun",
+    cfg: float = 1.0,
+    interval: tuple[float, float] = (0.1, 1.0),
+    device: torch.device,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(indices, (B, H, W, 3) uint8 pixels on `device`) for each batch of image indices: image i from labels[i]
+    and the noise of (seed, i), so the pixels do not depend on the batching. Draws nothing from the global RNG.
+    `model` is the network (or its torch.compile); it must be in eval mode."""
+    all_labels = torch.from_numpy(labels)
+    shape = (model.in_channels, model.input_size, model.input_size)
+    net_dtype = torch.bfloat16 if device.type == "cuda" else None
+    for idx in batches:
+        noise = image_noise(seed, idx, shape).to(device, non_blocking=True)
+        y = all_labels[idx].to(device, non_blocking=True)
+        z = flow.sample(
+            model, y, steps=steps, method=method, cfg=cfg, interval=interval, noise=noise, net_dtype=net_dtype
+        )
+        yield idx, to_pixels(z)
+
+
 def _sample_missing(
     model: Any,
-    net: torch.nn.Module,
     flow: Flow,
     store: SampleStore,
     s: Settings,
@@ -456,11 +521,9 @@ def _sample_missing(
     rank: int,
     world: int,
     console: Console,
+    scorer: Scorer | None,
 ) -> None:
-    labels = torch.from_numpy(balanced_labels(s.n, s.classes))
-    shape = (net.in_channels, s.resolution, s.resolution)
     batches = list(my_batches(missing, batch_size, rank, world))
-    net_dtype = torch.bfloat16 if device.type == "cuda" else None
     writer = _Writer(store)
     progress = Progress(
         TextColumn(f"sampling{f' (rank 0 of {world})' if world > 1 else ''}"),
@@ -474,20 +537,21 @@ def _sample_missing(
     try:
         with progress:
             task = progress.add_task("sample", total=sum(len(b) for b in batches))
-            for idx in batches:
-                noise = image_noise(s.seed, idx, shape).to(device, non_blocking=True)
-                y = labels[idx].to(device, non_blocking=True)
-                z = flow.sample(
-                    model,
-                    y,
-                    steps=s.steps,
-                    method=s.method,
-                    cfg=s.cfg,
-                    interval=(s.interval[0], s.interval[1]),
-                    noise=noise,
-                    net_dtype=net_dtype,
-                )
-                pixels = to_pixels(z)
+            pixel_batches = generate(
+                model,
+                flow,
+                batches,
+                balanced_labels(s.n, s.classes),
+                seed=s.seed,
+                steps=s.steps,
+                method=s.method,
+                cfg=s.cfg,
+                interval=(s.interval[0], s.interval[1]),
+                device=device,
+            )
+            for idx, pixels in pixel_batches:
+                if scorer is not None:
+                    scorer.add(pixels, idx)  # the very pixels written below
                 if device.type == "cuda":
                     host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
                     host.copy_(pixels, non_blocking=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from jitrs.atomic import atomic_write_text
 from jitrs.errors import UserError
+from jitrs.eval_cli import DINOV2_HELP, INCEPTION_HELP, METRICS_HELP, print_results, warn_if_few
 
 
 def parse_classes(text: str | None) -> tuple[int, ...] | None:
@@ -67,17 +70,29 @@ def sample_command(
         str | None, typer.Option(help="torch device (default: cuda:LOCAL_RANK if available, else cpu).")
     ] = None,
     eval_ref: Annotated[
-        Path | None, typer.Option(help="Then run `jitrs eval` against these reference statistics.")
+        Path | None,
+        typer.Option(
+            help="Also score the images against these reference statistics as they are made (the pixels written)."
+        ),
     ] = None,
-    inception_weights: Annotated[Path | None, typer.Option(help="Inception weights for --eval-ref.")] = None,
+    metrics: Annotated[str, typer.Option(help=f"--eval-ref: {METRICS_HELP}")] = "fid,is",
+    inception_weights: Annotated[Path | None, typer.Option(help=INCEPTION_HELP)] = None,
+    dinov2_weights: Annotated[Path | None, typer.Option(help=DINOV2_HELP)] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="--eval-ref: also write the metrics here.")] = None,
 ) -> None:
     """Sample images from a JiT checkpoint (torchrun for several GPUs: each process takes its own images)."""
     from jitrs.sample import SampleOptions, sample
 
+    scorer = None
     if eval_ref is not None:
-        from jitrs.metrics import inception_weights_path
+        from jitrs.device import local_rank, pick_device, world_size
+        from jitrs.scoring import Scorer
 
-        inception_weights_path(inception_weights)  # fail now, not after hours of sampling
+        # Built first: a missing weights file or an unusable reference fails now, not after hours of sampling.
+        dev = pick_device(device)
+        if world_size() > 1 and dev.type == "cuda":
+            dev = pick_device(f"cuda:{local_rank()}")  # the GPU this process samples on, as sample() picks it
+        scorer = Scorer(metrics, eval_ref, dev, inception_weights=inception_weights, dinov2_weights=dinov2_weights)
     options = SampleOptions(
         ckpt=ckpt,
         out=out,
@@ -94,9 +109,11 @@ def sample_command(
         compile=compile,
         device=device,
     )
-    samples = sample(options)
-    if eval_ref is not None and samples is not None:
-        from jitrs.eval_cli import print_results
-        from jitrs.metrics import evaluate
-
-        print_results(evaluate(samples, eval_ref, inception_weights, device=device))
+    samples = sample(options, scorer=scorer)
+    if scorer is not None:
+        results = scorer.result()  # on every rank: they combine their sums
+        if samples is not None:  # rank 0
+            print_results(results)
+            warn_if_few(results)
+            if json_out is not None:
+                atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
