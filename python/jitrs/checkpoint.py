@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import math
 import os
 import pickle
 import re
@@ -33,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from jitrs.atomic import atomic_path
-from jitrs.ema_keys import ema_index
+from jitrs.ema_keys import ema_index, select_weight_set
 from jitrs.errors import UserError
 from jitrs.model import JiT, JiT_models, JiTConfig
 
@@ -41,7 +40,6 @@ FORMAT_VERSION = 1
 # Official checkpoints name the weight sets differently and prefix keys with the denoiser's attribute `net.`.
 _OFFICIAL_KINDS = {"model": "model", "model_ema1": "ema1", "model_ema2": "ema2"}
 _OFFICIAL_DECAYS = {"ema1": "ema_decay1", "ema2": "ema_decay2"}  # their argparse names
-RAW = ("none", "model")  # --ema values that select the raw (non-averaged) weights
 _PREFIXES = ("net.", "module.", "_orig_mod.")
 
 StateDict = dict[str, torch.Tensor]
@@ -77,28 +75,8 @@ class Checkpoint:
         """The key of the weight set a user's `--ema` value names: "1".."K" (position), "ema3" (key), "0.9998"
         (decay), "none" or "model" (the raw weights); None takes "ema1" when stored (the official evaluation's),
         else the only set (a .safetensors export holds one). Raises UserError naming the sets held otherwise."""
-        kind, wanted = _ema_request(spec, param)
-        if kind is None and wanted is None:
-            if "ema1" in self.weights or len(self.weights) != 1:
-                kind, wanted = "ema1", "ema1"
-            else:
-                return next(iter(self.weights))
-        if kind is None:  # a decay
-            assert wanted is not None
-            decay = float(wanted)
-            kind = next((k for k, d in self.ema_sets().items() if d is not None and math.isclose(d, decay)), None)
-            wanted = f"EMA of decay {wanted}"
-        if kind is None or kind not in self.weights:
-            flag = f"--{param.replace('_', '-')} {spec}: " if spec is not None else ""
-            raise UserError(f"{flag}{self.path} holds no {wanted} weights; it holds {self.describe_sets()}")
-        return kind
-
-    def describe_sets(self) -> str:
-        """The weight sets held, for messages: "model, ema1 (0.9999), ema2 (0.9996)"."""
-        emas = self.ema_sets()
-        parts = [k for k in self.weights if k not in emas]
-        parts += [f"{k} ({'decay unknown' if d is None else f'{d:g}'})" for k, d in emas.items()]
-        return ", ".join(parts)
+        sets: dict[str, float | None] = {k: None for k in self.weights if ema_index(k) is None}
+        return select_weight_set(spec, {**sets, **self.ema_sets()}, str(self.path), param)
 
     def build(self, ema: str | None = None, device: torch.device | str = "cpu") -> JiT:
         """A JiT in eval mode with one weight set loaded strictly: `ema` as select() reads it ("ema2", "2",
@@ -113,35 +91,6 @@ class Checkpoint:
         for key, table in model.rope_tables().items():
             setattr(model, key, table.to(device))
         return model.eval()
-
-
-def check_ema_spec(spec: str | None, param: str = "ema") -> None:
-    """Refuse an `--ema` value that can name no weight set in any checkpoint (before one is read)."""
-    _ema_request(spec, param)
-
-
-def _ema_request(spec: str | None, param: str) -> tuple[str | None, str | None]:
-    """(key, what was asked) for a key, a position or the raw weights; (None, spec) for a decay; (None, None)
-    for the default."""
-    if spec is None:
-        return None, None
-    text = spec.strip().lower()
-    if text in RAW:
-        return "model", "raw model"
-    if ema_index(text) is not None:
-        return text, text
-    if text.isdigit() and int(text) >= 1:
-        return f"ema{int(text)}", f"ema{int(text)}"
-    try:
-        decay = float(text)
-    except ValueError:
-        decay = math.nan
-    if not 0.0 < decay < 1.0:
-        raise UserError(
-            f"--{param.replace('_', '-')} {spec}: name a weight set by position (1, 2, ...), key (ema2), decay "
-            f"(0.9996), or none for the raw model"
-        )
-    return None, text
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

@@ -30,8 +30,8 @@ from rich.text import Text
 import jitrs
 from jitrs import adm_npz
 from jitrs.atomic import atomic_path, atomic_write_text, writable_dir
-from jitrs.checkpoint import check_ema_spec
 from jitrs.device import setup_distributed
+from jitrs.ema_keys import check_ema_spec
 from jitrs.errors import UserError
 from jitrs.flow import Flow
 from jitrs.grid import image_grid

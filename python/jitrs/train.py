@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,10 +53,16 @@ from jitrs.loader import Loader, Plan
 from jitrs.model import JiT, JiT_models
 from jitrs.paper import CFG_INTERVAL
 from jitrs.runlog import RunLog, plot_loss, plot_quality
-from jitrs.sample import to_pixels
+from jitrs.sample import OFFICIAL_CFG, to_pixels
 from jitrs.train_config import TrainConfig
 
+if TYPE_CHECKING:
+    from jitrs.online_eval import OnlineEval
+
 DROPOUT_KEYS = ("attn_drop", "proj_drop")  # model args that leave the architecture as it is
+# The step_seed stream of online evaluation's noise: far from the sub-batch streams (>= 0) and the dropout ones
+# (-1 - sub-batch), so an evaluation never shares a seed with training.
+EVAL_STREAM = -(2**19)
 GRID_CLASSES, GRID_SEEDS = 10, 10  # sample grids: one row per class (spread over the label range), 10 seeds each
 
 
@@ -241,9 +247,14 @@ def train(cfg: TrainConfig, resume: tuple[Path, Any] | None = None) -> int:
         raise UserError("--fsdp shards over several processes: launch with torchrun --nproc_per_node=N")
     assert cfg.data is not None  # TrainConfig.validate
     image_root(data_root(cfg.data))  # a missing --data is reported before --out is created or locked
+    evaluator = None
+    if cfg.eval_every:  # a bad reference or weights are refused now (the scorer's imports take seconds: only then)
+        from jitrs.online_eval import OnlineEval
+
+        evaluator = OnlineEval.prepare(cfg, d)
     try:
         with claim_run_dir(cfg, d, resume):
-            run = Run(cfg, d, resume)
+            run = Run(cfg, d, resume, evaluator)
             resume = None  # the checkpoint's tensors are in the model and optimiser now: let the host copy go
             try:
                 done = run.loop()
@@ -309,8 +320,10 @@ def claim_run_dir(cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) ->
 class Run:
     """One training job: the model, its EMAs and optimiser, the data, the log, and what the loop has done."""
 
-    def __init__(self, cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
-        self.cfg, self.d = cfg, d
+    def __init__(
+        self, cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None, evaluator: OnlineEval | None = None
+    ) -> None:
+        self.cfg, self.d, self.evaluator = cfg, d, evaluator
         self.run_dir = Path(cfg.out)
         if d.main:
             writable_dir(self.run_dir)
@@ -452,6 +465,8 @@ class Run:
                 if cfg.sample_every and done % cfg.sample_every == 0:
                     self.last_samples = self.sample_grid(done)
                     self.plot()
+                if cfg.eval_every and done % cfg.eval_every == 0:
+                    self.evaluate(done)
             # the end, or a signal
             self.flush(done)
             self.stopped = done < s.total_steps
@@ -459,6 +474,8 @@ class Run:
             self.last_ckpt = self.checkpoint(done)
             if cfg.sample_every and not self.stopped and done % cfg.sample_every:
                 self.last_samples = self.sample_grid(done)
+            if cfg.eval_every and not self.stopped and done % cfg.eval_every:
+                self.evaluate(done)
             self.plot()
         finally:
             stop.restore()
@@ -629,6 +646,18 @@ class Run:
         names = [self.index.classes[c] for c in self.grid_classes]
         write_labelled_grid(path, images, names, title)
         return path
+
+    def evaluate(self, step: int) -> None:
+        """FID/IS of the --eval-ema EMA (jitrs.online_eval) on every rank, logged by rank 0."""
+        ev, cfg = self.evaluator, self.cfg
+        assert ev is not None
+        name = self.s.model_name or self.base_name or ""
+        guidance = cfg.eval_cfg if cfg.eval_cfg is not None else OFFICIAL_CFG.get(name, cfg.sample_cfg)
+        self.log.print(f"evaluating {ev.n} samples of {ev.ema} at step {step} ...")
+        module = self.emas.sets[ev.ema].module
+        seed = step_seed(cfg.seed, step, EVAL_STREAM)
+        row = ev(step, seed, module, self.flow, guidance, self.model.num_classes, self.d, cfg.fsdp)
+        self.log.eval_row(row)
 
     def plot(self) -> None:
         if self.d.main:

@@ -31,6 +31,33 @@ EmaOption = Annotated[
     ),
 ]
 
+InitOption = Annotated[
+    str | None,
+    Opt(
+        help="Start a new run from these weights: official checkpoint-*.pth, jitrs .pt or .safetensors, or a run "
+        "directory (its newest checkpoint)."
+    ),
+]
+EvalEvery = Annotated[
+    int,
+    Opt(
+        help="Every N steps (and at the end), FID and IS of an EMA's samples into metrics.jsonl and TensorBoard, "
+        "the samples split over the processes; 0 = never."
+    ),
+]
+EvalRef = Annotated[
+    str | None, Opt(help="--eval-every: reference statistics at --res (`jitrs eval --make-ref DATA --out X.npz`).")
+]
+EvalCfg = Annotated[
+    float | None,
+    Opt(help="--eval-every: guidance scale (default: the official one of a named model, else --sample-cfg)."),
+]
+EvalEma = Annotated[str | None, Opt(help="--eval-every: the EMA evaluated, by position, key or decay (default: ema1).")]
+InceptionWeights = Annotated[
+    str | None,
+    Opt(help="--eval-every: pt_inception-2015-12-05-6726825d.pth (default: $JITRS_INCEPTION_WEIGHTS)."),
+]
+
 
 def train_command(
     ctx: typer.Context,
@@ -57,13 +84,7 @@ def train_command(
     resume: Annotated[
         str | None, Opt(help="Continue a run: a checkpoint file, or a run directory (its newest checkpoint).")
     ] = D.resume,
-    init: Annotated[
-        str | None,
-        Opt(
-            help="Start a new run from these weights: official checkpoint-*.pth, jitrs .pt or .safetensors, or a run "
-            "directory (its newest checkpoint)."
-        ),
-    ] = D.init,
+    init: InitOption = D.init,
     overwrite: Annotated[
         bool, Opt(help="Start over in an --out that already holds a run, deleting that run's checkpoints and logs.")
     ] = D.overwrite,
@@ -105,6 +126,12 @@ def train_command(
     quality_samples: Annotated[
         int, Opt(help="Built-in datasets: score N samples of the final checkpoint (recognised %, FD); 0 = off.")
     ] = D.quality_samples,
+    eval_every: EvalEvery = D.eval_every,
+    eval_ref: EvalRef = D.eval_ref,
+    eval_n: Annotated[int, Opt(help="--eval-every: samples per evaluation, class-balanced.")] = D.eval_n,
+    eval_cfg: EvalCfg = D.eval_cfg,
+    eval_ema: EvalEma = D.eval_ema,
+    inception_weights: InceptionWeights = D.inception_weights,
     log_every: Annotated[int, Opt(help="Read the loss back and log it every N steps.")] = D.log_every,
     compile: Annotated[
         bool | None, Opt("--compile/--no-compile", help="torch.compile the model (default: on CUDA).")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jitrs.ema_keys import check_decays
+from jitrs.ema_keys import check_decays, check_ema_spec
 from jitrs.errors import UserError
 from jitrs.paper import LABEL_DROP, P_MEAN, P_STD, SAMPLE_STEPS, T_EPS
 
@@ -65,6 +65,12 @@ class TrainConfig:
     sample_steps: int = SAMPLE_STEPS  # also what `jitrs sample` of this run uses by default
     sample_cfg: float = 3.0  # likewise, unless the model is an official one with its own published scale
     quality_samples: int = 0  # built-in datasets: score this many samples of the final checkpoint (0: off)
+    eval_every: int = 0  # FID/IS of an EMA every N steps (0: off), against --eval-ref
+    eval_ref: str | None = None  # reference statistics (jitrs eval --make-ref) at --res
+    eval_n: int = 5000
+    eval_cfg: float | None = None  # None: the official scale of a named model, else --sample-cfg
+    eval_ema: str | None = None  # which EMA (as `jitrs sample --ema`); None: ema1
+    inception_weights: str | None = None  # None: $JITRS_INCEPTION_WEIGHTS
     log_every: int = 100
     compile: bool | None = None  # None: on for CUDA
     bf16: bool | None = None  # None: on for CUDA
@@ -115,8 +121,20 @@ class TrainConfig:
             raise UserError("--blr must be positive and --warmup-epochs, --weight-decay, --grad-clip, --keep-last >= 0")
         if self.quality_samples < 0:
             raise UserError(f"--quality-samples must be >= 0, got {self.quality_samples}")
+        self._validate_eval()
         if self.data is None:
             raise UserError("--data is required: an image folder (DATA/train/<class>/*.jpg) or builtin:mnist")
+
+    def _validate_eval(self) -> None:
+        if self.eval_every < 0:
+            raise UserError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
+        if self.eval_every and self.eval_ref is None:
+            raise UserError("--eval-every needs --eval-ref: reference statistics made by `jitrs eval --make-ref`")
+        if self.eval_n < 2:
+            raise UserError(f"--eval-n must be at least 2 (a covariance needs two images), got {self.eval_n}")
+        if self.eval_cfg is not None and self.eval_cfg < 0:
+            raise UserError(f"--eval-cfg must be >= 0, got {self.eval_cfg}")
+        check_ema_spec(self.eval_ema, "eval_ema")
 
 
 def _field_types(annotation: str) -> tuple[type, ...]:
