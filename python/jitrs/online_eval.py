@@ -35,7 +35,10 @@ def eval_batch_size(n: int, world: int, largest: int, sharded: bool) -> int:
     for size in range(min(largest, n), 0, -1):
         if math.ceil(n / size) % world == 0:
             return size
-    raise UserError(f"--eval-n {n}: under --fsdp it must be a multiple of the {world} processes")
+    raise UserError(
+        f"--eval-n {n} cannot be cut into the same number of batches on each of the {world} processes, as --fsdp "
+        f"needs: choose a multiple of {world}"
+    )
 
 
 @dataclass
