@@ -159,6 +159,8 @@ def test_ema_options_and_config_files(tmp_path: Path) -> None:
     assert read_config_file(tmp_path / "old.toml") == {"ema": [0.995, 0.9996]}
     (tmp_path / "new.yaml").write_text("ema: 0.9,0.8\n")
     assert read_config_file(tmp_path / "new.yaml") == {"ema": [0.9, 0.8]}
+    (tmp_path / "one.toml").write_text("ema = 0.999\n")
+    assert read_config_file(tmp_path / "one.toml") == {"ema": [0.999]}
     (tmp_path / "both.yaml").write_text("ema: [0.9]\nema2: 0.8\n")
     with pytest.raises(UserError, match="give the EMA decays once"):
         read_config_file(tmp_path / "both.yaml")

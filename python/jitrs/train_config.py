@@ -212,6 +212,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     options = legacy_ema({str(k).replace("-", "_"): v for k, v in raw.items()})
     if isinstance(options.get("ema"), str):
         options["ema"] = parse_decays(options["ema"])
+    elif isinstance(options.get("ema"), (int, float)) and not isinstance(options["ema"], bool):
+        options["ema"] = [options["ema"]]  # one EMA
     unknown = sorted(set(options) - set(_FIELDS) - {"config", "demo"})
     if unknown:
         raise UserError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
