@@ -31,7 +31,7 @@ def make_checkpoint(path: Path, name: str) -> None:
     torch.manual_seed(0)
     net = jitrs.JiT.from_name(name)
     jitrs.save_checkpoint(
-        path, jitrs.checkpoint_payload(net, name=name, flow={"noise_scale": 1.0}, ema1=net.state_dict())
+        path, jitrs.checkpoint_payload(net, name=name, flow={"noise_scale": 1.0}, emas={"ema1": net.state_dict()})
     )
 
 

@@ -243,7 +243,8 @@ def test_jitrs_checkpoint_round_trip_keeps_training_state(tmp_path: Path) -> Non
         model,
         name="JiT-S/4",
         flow={"noise_scale": 1.0, "P_mean": -0.8},
-        ema1=ema,
+        emas={"ema1": ema},
+        ema_decays={"ema1": 0.999},
         class_names=[f"class{i}" for i in range(10)],
         step=123,
         optimizer=opt.state_dict(),
@@ -264,14 +265,15 @@ def test_jitrs_checkpoint_round_trip_keeps_training_state(tmp_path: Path) -> Non
         assert torch.equal(ckpt.build(ema="model")(x, t, y), model.eval()(x, t, y))
         # The default build takes the first EMA.
         assert torch.equal(ckpt.build().blocks[0].attn.qkv.weight, ema["blocks.0.attn.qkv.weight"])
-    with pytest.raises(UserError, match="has no 'ema2' weights; it holds model, ema1"):
+    assert ckpt.ema_sets() == {"ema1": 0.999}
+    with pytest.raises(UserError, match=r"holds no ema2 weights; it holds model, ema1 \(0\.999\)$"):
         ckpt.build(ema="ema2")
 
 
 def test_compiled_or_wrapped_state_dicts_are_stored_unprefixed(tmp_path: Path) -> None:
     model = jitrs.JiT(**SMALL)
     wrapped = {"_orig_mod." + k: v for k, v in model.state_dict().items()}
-    payload = jitrs.checkpoint_payload(model, ema1=wrapped)
+    payload = jitrs.checkpoint_payload(model, emas={"ema1": wrapped})
     assert all(not k.startswith("_orig_mod.") for k in payload["ema1"])
     jitrs.save_checkpoint(tmp_path / "c.pt", payload)
     assert jitrs.load_checkpoint(tmp_path / "c.pt").weights["ema1"].keys() == model.state_dict().keys()

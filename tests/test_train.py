@@ -104,6 +104,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--data", "digits", "--res", "16", "--init", "{root}/fake.safetensors"], "fake.safetensors: not a checkp"),
         (["--res", "16"], "--data is required"),
         (["--data", "digits", "--schedule", "linear"], "--schedule 'linear'"),
+        (["--data", "digits", "--ema", "0.9999,1"], r"--ema 0\.9999,1: each EMA decay must be a number in \(0, 1\)"),
         (["--data", "digits", "--res", "16", "--label-drop", "1.5"], "label_drop must be in \\[0, 1\\)"),
     ],
 )
@@ -372,7 +373,7 @@ def test_init_from_an_official_checkpoint(tmp_path: Path, env) -> None:
     assert ckpt["name"] == "JiT-S/4" and ckpt["flow"]["noise_scale"] == 2.0 and ckpt["config"]["depth"] == 6
     for k, v in nets[0].items():
         assert torch.equal(ckpt["model"][k], v)  # warmup starts at lr 0: still the official weights
-    ema_decay = ckpt["train_config"]["ema1"]
+    ema_decay = ckpt["train_config"]["ema"][0]
     k = "blocks.0.attn.qkv.weight"
     assert not torch.equal(nets[0][k], nets[1][k])
     torch.testing.assert_close(ckpt["ema1"][k], ema_decay * nets[1][k] + (1 - ema_decay) * nets[0][k])
@@ -412,7 +413,7 @@ def test_demo_recipe_learns_digits(tmp_path: Path, env) -> None:
     recognises far above chance and that are far closer to real digits than class-mean blobs: a broken recipe
     (flips back on, a wrong noise level, a broken sampler or loader) fails here."""
     out = tmp_path / "demo"
-    args = ["--demo", "--steps", "600", "--ema1", "0.98", "--sample-every", "300", "--quality-samples", "200"]
+    args = ["--demo", "--steps", "600", "--ema", "0.98,0.99", "--sample-every", "300", "--quality-samples", "200"]
     run([*args, "--out", str(out)], {**env, "OMP_NUM_THREADS": "2"}, timeout=1500)
     score = json.loads((out / "quality.json").read_text())
     assert score["accuracy"] >= 0.5, score  # chance is 0.1
@@ -456,7 +457,13 @@ def test_help_lists_every_option_with_its_default() -> None:
     for name in TrainConfig.__dataclass_fields__:
         flag = "--model-arg" if name == "model_args" else f"--{name.replace('_', '-')}"
         assert flag in result.output, flag
-    for shown in ("[default: 128]", "[default: 5e-05]", "[default: 0.9999]", "[default: 600.0]", "JiT-B/32 at 512"):
+    for shown in (
+        "[default: 128]",
+        "[default: 5e-05]",
+        "[default: 0.9999,0.9996]",
+        "[default: 600.0]",
+        "JiT-B/32 at 512",
+    ):
         assert shown in result.output, shown
 
 

@@ -5,9 +5,11 @@ Nothing is ever unpickled beyond tensors, plain containers and (for official fil
 
 jitrs checkpoint format (a dict of plain containers and tensors, so `weights_only=True` loads it):
     {"format": "jitrs", "version": 1, "config": {JiT kwargs}, "name": "JiT-B/16" | None,
-     "flow": {"noise_scale": ..., "P_mean": ..., ...}, "model": sd, "ema1": sd, "ema2": sd,
-     "class_names": [...] | None, "step": int, ...training state (optimizer, rng, epoch, ...)}
-State dicts are stored unprefixed, with the official parameter names.
+     "flow": {"noise_scale": ..., "P_mean": ..., ...}, "model": sd, "ema1": sd, ..., "emaK": sd,
+     "ema_decays": {"ema1": 0.9999, ...}, "class_names": [...] | None, "step": int,
+     ...training state (optimizer, rng, epoch, ...)}
+State dicts are stored unprefixed, with the official parameter names. Files written before "ema_decays" existed
+(and official ones) give their EMAs' decays through their training options when those hold them.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from jitrs.atomic import atomic_path
+from jitrs.ema_keys import ema_index, select_weight_set
 from jitrs.errors import UserError
 from jitrs.model import JiT, JiT_models, JiTConfig
 
 FORMAT_VERSION = 1
-WEIGHT_KINDS = ("model", "ema1", "ema2")
 # Official checkpoints name the weight sets differently and prefix keys with the denoiser's attribute `net.`.
 _OFFICIAL_KINDS = {"model": "model", "model_ema1": "ema1", "model_ema2": "ema2"}
+_OFFICIAL_DECAYS = {"ema1": "ema_decay1", "ema2": "ema_decay2"}  # their argparse names
 _PREFIXES = ("net.", "module.", "_orig_mod.")
 
 StateDict = dict[str, torch.Tensor]
@@ -48,8 +51,8 @@ class Checkpoint:
 
     config: JiT constructor keywords. name: the named config ("JiT-B/16") or None. noise_scale: the flow's
     noise scale. flow: every flow hyper-parameter stored (P_mean, P_std, t_eps, ...). weights: state dicts
-    (unprefixed, official names, float tensors) keyed among "model", "ema1", "ema2". raw: the rest of the
-    file (training state: optimizer, epoch, ...).
+    (unprefixed, official names, float tensors) keyed "model", "ema1", ..., "emaK". decays: each EMA key's
+    decay where the file records it. raw: the rest of the file (training state: optimizer, epoch, ...).
     """
 
     path: Path
@@ -61,13 +64,24 @@ class Checkpoint:
     class_names: list[str] | None = None
     step: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    decays: dict[str, float] = field(default_factory=dict)
+
+    def ema_sets(self) -> dict[str, float | None]:
+        """The EMAs stored, key -> decay (None where the file does not record it), in key order."""
+        keys = sorted((k for k in self.weights if ema_index(k) is not None), key=lambda k: ema_index(k) or 0)
+        return {k: self.decays.get(k) for k in keys}
+
+    def select(self, spec: str | None, param: str = "ema") -> str:
+        """The key of the weight set a user's `--ema` value names: "1".."K" (position), "ema3" (key), "0.9998"
+        (decay), "none" or "model" (the raw weights); None takes "ema1" when stored (the official evaluation's),
+        else the only set (a .safetensors export holds one). Raises UserError naming the sets held otherwise."""
+        sets: dict[str, float | None] = {k: None for k in self.weights if ema_index(k) is None}
+        return select_weight_set(spec, {**sets, **self.ema_sets()}, str(self.path), param)
 
     def build(self, ema: str | None = None, device: torch.device | str = "cpu") -> JiT:
-        """A JiT in eval mode with one weight set loaded strictly: `ema` among "ema1", "ema2", "model";
-        None takes "ema1" when present (the official evaluation default), else the only set stored."""
-        kind = ema if ema is not None else ("ema1" if "ema1" in self.weights else next(iter(self.weights)))
-        if kind not in self.weights:
-            raise UserError(f"{self.path}: has no {kind!r} weights; it holds {', '.join(self.weights)}")
+        """A JiT in eval mode with one weight set loaded strictly: `ema` as select() reads it ("ema2", "2",
+        "0.9996", "model"; None: "ema1" when present, else the only set stored)."""
+        kind = self.select(ema)
         with torch.device("meta"):
             model = JiT(**self.config)
         # Built on the meta device (no wasted random init), then a copy of the weights is assigned (the model
@@ -123,14 +137,23 @@ def checkpoint_payload(
     model_state: StateDict | None = None,
     name: str | None = None,
     flow: dict[str, Any] | None = None,
-    ema1: StateDict | None = None,
-    ema2: StateDict | None = None,
+    emas: dict[str, StateDict] | None = None,
+    ema_decays: dict[str, float] | None = None,
     class_names: list[str] | None = None,
     step: int = 0,
     **training_state: Any,
 ) -> dict[str, Any]:
-    """The jitrs checkpoint dict for `model`, ready for save_checkpoint: its config, and as "model" its current
-    weights or `model_state` (a gathered full state dict of a sharded model)."""
+    """The jitrs checkpoint dict for `model`, ready for save_checkpoint: its config, as "model" its current
+    weights or `model_state` (a gathered full state dict of a sharded model), and `emas` keyed "ema1".."emaK"
+    with their `ema_decays`."""
+    emas = dict(emas or {})
+    ema_decays = dict(ema_decays or {})
+    bad = [k for k in emas if ema_index(k) is None] + [k for k in ema_decays if k not in emas]
+    if bad:
+        raise ValueError(f"checkpoint_payload: {bad[0]!r} is not the key of a given EMA (ema1, ema2, ...)")
+    misplaced = [k for k in training_state if ema_index(k) is not None or k == "ema_decays"]
+    if misplaced:
+        raise ValueError(f"checkpoint_payload: pass EMA weights as emas={{{misplaced[0]!r}: ...}}, not as keywords")
     payload: dict[str, Any] = {
         "format": "jitrs",
         "version": FORMAT_VERSION,
@@ -141,9 +164,10 @@ def checkpoint_payload(
         "class_names": class_names,
         "step": step,
     }
-    for kind, sd in (("ema1", ema1), ("ema2", ema2)):
-        if sd is not None:
-            payload[kind] = _plain_state_dict(sd)
+    for kind, sd in emas.items():
+        payload[kind] = _plain_state_dict(sd)
+    if ema_decays:
+        payload["ema_decays"] = {k: float(d) for k, d in ema_decays.items()}
     return {**payload, **training_state}
 
 
@@ -241,6 +265,7 @@ def _from_official(path: Path, obj: dict[str, Any]) -> Checkpoint:
     if "label_drop_prob" in flow:
         flow["label_drop"] = flow.pop("label_drop_prob")
     weights = {kind: _strip_prefix(path, key, obj[key]) for key, kind in _OFFICIAL_KINDS.items() if key in obj}
+    decays = {k: getattr(args, a) for k, a in _OFFICIAL_DECAYS.items() if k in weights and hasattr(args, a)}
     epoch = obj.get("epoch")
     raw = {k: v for k, v in obj.items() if k not in _OFFICIAL_KINDS and k != "args"}
     return Checkpoint(
@@ -252,6 +277,7 @@ def _from_official(path: Path, obj: dict[str, Any]) -> Checkpoint:
         flow=flow,
         step=None,
         raw={**raw, "epoch": epoch} if epoch is not None else raw,
+        decays=_decays(path, decays),
     )
 
 
@@ -262,11 +288,21 @@ def _from_jitrs(path: Path, obj: dict[str, Any]) -> Checkpoint:
     if "config" not in obj:
         raise UserError(f"{path}: jitrs checkpoint lacks its 'config'")
     config = _check_config(path, obj["config"])
-    weights = {kind: _strip_prefix(path, kind, obj[kind]) for kind in WEIGHT_KINDS if obj.get(kind) is not None}
+    kinds = ["model"] * ("model" in obj) + sorted(
+        (k for k in obj if isinstance(k, str) and ema_index(k) is not None), key=lambda k: ema_index(k) or 0
+    )
+    weights = {kind: _strip_prefix(path, kind, obj[kind]) for kind in kinds if obj.get(kind) is not None}
     if not weights:
-        raise UserError(f"{path}: jitrs checkpoint holds no weights (none of {', '.join(WEIGHT_KINDS)})")
+        raise UserError(f"{path}: jitrs checkpoint holds no weights (no 'model', 'ema1', ...)")
     flow = dict(obj.get("flow") or {})
-    known = {"format", "version", "config", "name", "flow", "class_names", "step", *WEIGHT_KINDS}
+    known = {"format", "version", "config", "name", "flow", "class_names", "step", "ema_decays", *kinds}
+    decays = obj.get("ema_decays")
+    if decays is None:  # written before "ema_decays": the run's options say which decays its EMAs had
+        run = obj.get("train_config") or {}
+        listed = run.get("ema") if isinstance(run.get("ema"), list) else [run.get("ema1"), run.get("ema2")]
+        decays = {f"ema{i + 1}": d for i, d in enumerate(listed) if d is not None}
+    if not isinstance(decays, dict):
+        raise UserError(f"{path}: its 'ema_decays' is a {type(decays).__name__}, not a dict")
     return Checkpoint(
         path=path,
         config=config,
@@ -277,6 +313,7 @@ def _from_jitrs(path: Path, obj: dict[str, Any]) -> Checkpoint:
         class_names=obj.get("class_names"),
         step=obj.get("step"),
         raw={k: v for k, v in obj.items() if k not in known},
+        decays=_decays(path, {k: d for k, d in decays.items() if k in weights}),
     )
 
 
@@ -307,6 +344,13 @@ def _load_safetensors(path: Path) -> Checkpoint:
         class_names=class_names,
         step=step,
     )
+
+
+def _decays(path: Path, decays: dict[str, Any]) -> dict[str, float]:
+    for key, d in decays.items():
+        if isinstance(d, bool) or not isinstance(d, (int, float)):
+            raise UserError(f"{path}: the decay of its {key!r} weights is {d!r}, not a number")
+    return {k: float(d) for k, d in decays.items()}
 
 
 def _strip_prefix(path: Path, what: str, sd: Any) -> StateDict:

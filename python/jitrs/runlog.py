@@ -87,6 +87,21 @@ class RunLog:
             for key in ("accuracy", "fd"):
                 self.writer.add_scalar(f"quality/{key}", row[key], row["step"])
 
+    def eval_row(self, row: dict[str, Any]) -> None:
+        """Append an online evaluation (step, fid, inception_score, ...) to metrics.jsonl and TensorBoard."""
+        if not self.enabled:
+            return
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key in ("fid", "inception_score"):
+            if key in row:
+                self.writer.add_scalar(f"eval/{key}", row[key], row["step"])
+        scores = f"FID {row['fid']:.2f}, IS {row['inception_score']:.2f}" if "fid" in row else ""
+        self.print(
+            f"step {row['step']}: {scores} ({row['eval_images']} samples of {row['eval_ema']}, "
+            f"CFG {row['eval_cfg']:g}, {row['eval_s']:.0f} s)"
+        )
+
     @staticmethod
     def rows(log: Path) -> list[dict[str, Any]]:
         if not log.exists():

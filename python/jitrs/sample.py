@@ -31,6 +31,7 @@ import jitrs
 from jitrs import adm_npz
 from jitrs.atomic import atomic_path, atomic_write_text, writable_dir
 from jitrs.device import setup_distributed
+from jitrs.ema_keys import check_ema_spec
 from jitrs.errors import UserError
 from jitrs.flow import Flow
 from jitrs.grid import image_grid
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 # CFG scales of the released official results (reference table); other models default to no guidance.
 OFFICIAL_CFG = {"JiT-B/16": 3.0, "JiT-B/32": 3.0, "JiT-L/16": 2.4, "JiT-L/32": 2.5, "JiT-H/16": 2.2, "JiT-H/32": 2.3}
-EMA_KEYS = {"1": "ema1", "2": "ema2", "none": "model"}
 FORMATS = ("png", "npz", "both")
 MANIFEST = "manifest.json"
 PARTS_DIR = ".parts"  # npz output in progress: one file per finished batch, merged into one npz at the end
@@ -302,8 +302,7 @@ class _Speed(ProgressColumn):
 def _check_options(opt: SampleOptions) -> None:
     if opt.n <= 0:
         raise UserError(f"--n must be a positive number of images, got {opt.n}")
-    if opt.ema is not None and opt.ema not in EMA_KEYS:
-        raise UserError(f"--ema must be one of {', '.join(EMA_KEYS)}, got {opt.ema!r}")
+    check_ema_spec(opt.ema)
     if opt.method not in ("heun", "euler"):
         raise UserError(f"--method must be heun or euler, got {opt.method!r}")
     if opt.steps is not None and opt.steps < 1:
@@ -371,16 +370,6 @@ def sampler_defaults(opt: SampleOptions, ckpt: jitrs.Checkpoint) -> tuple[float,
     return float(cfg), int(steps or SAMPLE_STEPS)
 
 
-def _weight_set(ema: str | None, path: Path, stored: list[str]) -> str:
-    """The weight set to sample: --ema's, or by default EMA 1 (the official evaluation's), or the only one stored
-    (a .safetensors export holds one)."""
-    if ema is None:
-        return "ema1" if "ema1" in stored or len(stored) != 1 else stored[0]
-    if EMA_KEYS[ema] not in stored:
-        raise UserError(f"--ema {ema}: {path} holds no {EMA_KEYS[ema]} weights, only {', '.join(stored)}")
-    return EMA_KEYS[ema]
-
-
 def _flow(path: Path, stored: dict[str, Any], noise_scale: float) -> Flow:
     """The sampler of the checkpoint's training: its noise scale, t_eps and prediction target."""
     try:
@@ -425,7 +414,7 @@ def sample(opt: SampleOptions, console: Console | None = None, scorer: Scorer | 
         from jitrs.scoring import check_reference
 
         check_reference(scorer.reference, scorer.metrics, res)  # before any image is made
-    weights = _weight_set(opt.ema, ckpt_path, list(ckpt.weights))
+    weights = ckpt.select(opt.ema)
     cfg, steps = sampler_defaults(opt, ckpt)
     flow = _flow(ckpt_path, ckpt.flow, ckpt.noise_scale)
     # Built before anything is written, so a checkpoint whose weights do not fit its config leaves no trace.

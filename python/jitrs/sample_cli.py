@@ -35,7 +35,10 @@ def sample_command(
     ] = 50000,
     ema: Annotated[
         str | None,
-        typer.Option(help="Weights: EMA 1, EMA 2 or the raw model (1|2|none); default EMA 1, or an export's only set."),
+        typer.Option(
+            help="Weights: an EMA by position (1, 2, ...), key (ema2) or decay (0.9996), or none for the raw model; "
+            "default EMA 1, or an export's only set."
+        ),
     ] = None,
     method: Annotated[str, typer.Option(help="ODE solver: heun or euler.")] = "heun",
     steps: Annotated[

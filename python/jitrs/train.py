@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,7 +44,8 @@ from jitrs.builtin import builtin_name, data_root
 from jitrs.checkpoint import checkpoint_payload
 from jitrs.dataset import ImageIndex, build_index, image_root
 from jitrs.device import Dist, decode_threads, setup_distributed
-from jitrs.ema import EMA
+from jitrs.ema import EMAs
+from jitrs.ema_keys import ema_key
 from jitrs.errors import UserError, WriteFailure
 from jitrs.flow import Flow
 from jitrs.grid import write_labelled_grid
@@ -52,10 +53,16 @@ from jitrs.loader import Loader, Plan
 from jitrs.model import JiT, JiT_models
 from jitrs.paper import CFG_INTERVAL
 from jitrs.runlog import RunLog, plot_loss, plot_quality
-from jitrs.sample import to_pixels
+from jitrs.sample import OFFICIAL_CFG, to_pixels
 from jitrs.train_config import TrainConfig
 
+if TYPE_CHECKING:
+    from jitrs.online_eval import OnlineEval
+
 DROPOUT_KEYS = ("attn_drop", "proj_drop")  # model args that leave the architecture as it is
+# The step_seed stream of online evaluation's noise: far from the sub-batch streams (>= 0) and the dropout ones
+# (-1 - sub-batch), so an evaluation never shares a seed with training.
+EVAL_STREAM = -(2**19)
 GRID_CLASSES, GRID_SEEDS = 10, 10  # sample grids: one row per class (spread over the label range), 10 seeds each
 
 
@@ -233,16 +240,23 @@ def train(cfg: TrainConfig, resume: tuple[Path, Any] | None = None) -> int:
     if cfg.init and cfg.resume:
         raise UserError(REFUSE_INIT_WITH_RESUME)
     resume = resume or (load_resume(cfg.resume) if cfg.resume else None)
+    if resume is not None:
+        check_resumed_emas(cfg, *resume)
     d = setup_distributed(cfg.device)
     if cfg.fsdp and d.world == 1:
         raise UserError("--fsdp shards over several processes: launch with torchrun --nproc_per_node=N")
     assert cfg.data is not None  # TrainConfig.validate
     image_root(data_root(cfg.data))  # a missing --data is reported before --out is created or locked
+    evaluator = None
+    if cfg.eval_every:  # a bad reference or weights are refused now (the scorer's imports take seconds: only then)
+        from jitrs.online_eval import OnlineEval
+
+        evaluator = OnlineEval.prepare(cfg, d)
     try:
         with claim_run_dir(cfg, d, resume):
             run: Run | None = None
             try:
-                run = Run(cfg, d, resume)
+                run = Run(cfg, d, resume, evaluator)
                 resume = None  # the checkpoint's tensors are in the model and optimiser now: let the host copy go
                 try:
                     done = run.loop()
@@ -262,6 +276,18 @@ def write_failure(e: OSError, run_dir: Path, last_ckpt: Path | None) -> WriteFai
     """The one-line error of a failed write: the file, the reason, and what survives of the run."""
     last = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was saved"
     return WriteFailure(f"cannot write {e.filename or run_dir}: {e.strerror or e}; {last}")
+
+
+def check_resumed_emas(cfg: TrainConfig, file: Path, ckpt: Any) -> None:
+    """A resumed run keeps its EMAs: --ema must list the checkpoint's decays (all restored, strictly)."""
+    stored = ckpt.ema_sets()
+    wanted = {ema_key(i): d for i, d in enumerate(cfg.ema)}
+    if list(stored) != list(wanted) or any(d is not None and d != wanted[k] for k, d in stored.items()):
+        held = ",".join("?" if d is None else f"{d:g}" for d in stored.values()) or "none"
+        raise UserError(
+            f"--ema {','.join(f'{d:g}' for d in cfg.ema)}: the run in {file} keeps the EMAs {held}; resume with "
+            "those (the default), or start a new run from its weights with --init"
+        )
 
 
 REFUSE_INIT_WITH_RESUME = (
@@ -316,8 +342,10 @@ def _claimed(out: Path, cfg: TrainConfig, resume: tuple[Path, Any] | None) -> It
 class Run:
     """One training job: the model, its EMAs and optimiser, the data, the log, and what the loop has done."""
 
-    def __init__(self, cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None) -> None:
-        self.cfg, self.d = cfg, d
+    def __init__(
+        self, cfg: TrainConfig, d: Dist, resume: tuple[Path, Any] | None, evaluator: OnlineEval | None = None
+    ) -> None:
+        self.cfg, self.d, self.evaluator = cfg, d, evaluator
         self.run_dir = Path(cfg.out)
         if d.main:
             writable_dir(self.run_dir)
@@ -410,17 +438,17 @@ class Run:
         if base is not None:
             model.load_state_dict(base.weights["model"], strict=True)
         model.to(d.device)
-        self.ema1, self.ema2 = EMA(model, cfg.ema1), EMA(model, cfg.ema2)
-        if base is not None:
-            for ema, key in ((self.ema1, "ema1"), (self.ema2, "ema2")):
+        self.emas = EMAs(model, cfg.ema)
+        if base is not None:  # by key: --init's ema1 continues as ema1 (an EMA it lacks starts from its weights)
+            for key, module in self.emas.modules().items():
                 if key in base.weights:
-                    ema.module.load_state_dict(base.weights[key], strict=True)
+                    module.load_state_dict(base.weights[key], strict=True)
         net: nn.Module = model
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         if cfg.fsdp:
             # Each block, then the rest, sharded over all ranks; the EMAs the same way, so they cost 1/world each.
             mesh = init_device_mesh(d.device.type, (d.world,))
-            for module in (model, self.ema1.module, self.ema2.module):
+            for module in (model, *self.emas.modules().values()):
                 for block in module.blocks:
                     fully_shard(block, mesh=mesh)
                 fully_shard(module, mesh=mesh)
@@ -467,6 +495,8 @@ class Run:
                 if cfg.sample_every and done % cfg.sample_every == 0:
                     self.last_samples = self.sample_grid(done)
                     self.plot()
+                if cfg.eval_every and done % cfg.eval_every == 0:
+                    self.evaluate(done)
             # the end, or a signal
             self.flush(done)
             self.stopped = done < s.total_steps
@@ -474,6 +504,8 @@ class Run:
             self.last_ckpt = self.checkpoint(done)
             if cfg.sample_every and not self.stopped and done % cfg.sample_every:
                 self.last_samples = self.sample_grid(done)
+            if cfg.eval_every and not self.stopped and done % cfg.eval_every:
+                self.evaluate(done)
             self.plot()
         finally:
             stop.restore()
@@ -511,8 +543,7 @@ class Run:
             self.grad_norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.ema1.update(self.params)
-        self.ema2.update(self.params)
+        self.emas.update(self.params)
         self.pending.append(step_loss / s.accum)
         self.images_since += self.plan.global_batch
 
@@ -580,8 +611,7 @@ class Run:
         """Every rank calls this (FSDP gathers the full weights for rank 0); rank 0 writes."""
         full = self.full
         model_state = get_model_state_dict(self.model, options=full)
-        ema1 = get_model_state_dict(self.ema1.module, options=full)
-        ema2 = get_model_state_dict(self.ema2.module, options=full)
+        emas = {key: get_model_state_dict(module, options=full) for key, module in self.emas.modules().items()}
         optimizer = get_optimizer_state_dict(self.model, self.opt, options=full)
         path = rundir.checkpoint_path(self.run_dir, step)
         if not self.d.main:
@@ -591,8 +621,8 @@ class Run:
             model_state=model_state,
             name=self.s.model_name or self.base_name,
             flow=self.flow.to_dict(),
-            ema1=ema1,
-            ema2=ema2,
+            emas=emas,
+            ema_decays=self.emas.decays(),
             class_names=self.index.classes,
             step=step,
             epoch=step // self.plan.steps_per_epoch,
@@ -617,8 +647,9 @@ class Run:
             return None
         g = torch.Generator(d.device).manual_seed(cfg.seed)
         shape = (self.grid_labels.shape[0], 3, cfg.res, cfg.res)
+        ema = self.emas.sets[ema_key(0)]
         x = self.flow.sample(
-            self.ema1.module,
+            ema.module,
             self.grid_labels,
             steps=cfg.sample_steps,
             cfg=cfg.sample_cfg,
@@ -628,11 +659,11 @@ class Run:
             net_dtype=torch.bfloat16 if self.bf16 else None,
         )
         if cfg.fsdp:
-            self.ema1.module.reshard()  # FSDP leaves the root gathered after a forward
+            ema.module.reshard()  # FSDP leaves the root gathered after a forward
         if not d.main:
             return None
         images = to_pixels(x).cpu().numpy()
-        title = f"step {step}: EMA {cfg.ema1} samples, Heun {cfg.sample_steps} steps, CFG {cfg.sample_cfg:g}"
+        title = f"step {step}: EMA {ema.decay} samples, Heun {cfg.sample_steps} steps, CFG {cfg.sample_cfg:g}"
         if self.judge is not None:
             score = self.judge.score(images, self.grid_labels.cpu().numpy())
             self.log.quality_row({"step": step, **score.to_dict()})
@@ -642,6 +673,18 @@ class Run:
         names = [self.index.classes[c] for c in self.grid_classes]
         write_labelled_grid(path, images, names, title)
         return path
+
+    def evaluate(self, step: int) -> None:
+        """FID/IS of the --eval-ema EMA (jitrs.online_eval) on every rank, logged by rank 0."""
+        ev, cfg = self.evaluator, self.cfg
+        assert ev is not None
+        name = self.s.model_name or self.base_name or ""
+        guidance = cfg.eval_cfg if cfg.eval_cfg is not None else OFFICIAL_CFG.get(name, cfg.sample_cfg)
+        self.log.print(f"evaluating {ev.n} samples of {ev.ema} at step {step} ...")
+        module = self.emas.sets[ev.ema].module
+        seed = step_seed(cfg.seed, step, EVAL_STREAM)
+        row = ev(step, seed, module, self.flow, guidance, self.model.num_classes, self.d, cfg.fsdp)
+        self.log.eval_row(row)
 
     def plot(self) -> None:
         if self.d.main:

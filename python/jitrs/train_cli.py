@@ -11,6 +11,7 @@ from jitrs.errors import UserError
 from jitrs.train_config import (
     TrainConfig,
     build_config,
+    parse_decays,
     parse_model_args,
     read_config_file,
     refuse_changed_architecture,
@@ -19,6 +20,44 @@ from jitrs.train_config import (
 
 Opt = typer.Option
 D = TrainConfig()
+DEFAULT_EMA = ",".join(map(str, D.ema))
+
+
+# Options declared here, one line each in the signature below (which the layout test keeps under 120 lines).
+EmaOption = Annotated[
+    str,
+    Opt(
+        help="EMA decays, comma-separated, each EMA updated every step and saved as ema1, ema2, ... in this order "
+        "(ema1 makes the sample grids); e.g. the paper's 0.9999,0.9998,0.9996."
+    ),
+]
+
+InitOption = Annotated[
+    str | None,
+    Opt(
+        help="Start a new run from these weights: official checkpoint-*.pth, jitrs .pt or .safetensors, or a run "
+        "directory (its newest checkpoint)."
+    ),
+]
+EvalEvery = Annotated[
+    int,
+    Opt(
+        help="Every N steps (and at the end), FID and IS of an EMA's samples into metrics.jsonl and TensorBoard, "
+        "the samples split over the processes; 0 = never."
+    ),
+]
+EvalRef = Annotated[
+    str | None, Opt(help="--eval-every: reference statistics at --res (`jitrs eval --make-ref DATA --out X.npz`).")
+]
+EvalCfg = Annotated[
+    float | None,
+    Opt(help="--eval-every: guidance scale (default: the official one of a named model, else --sample-cfg)."),
+]
+EvalEma = Annotated[str | None, Opt(help="--eval-every: the EMA evaluated, by position, key or decay (default: ema1).")]
+InceptionWeights = Annotated[
+    str | None,
+    Opt(help="--eval-every: pt_inception-2015-12-05-6726825d.pth (default: $JITRS_INCEPTION_WEIGHTS)."),
+]
 
 
 def train_command(
@@ -50,13 +89,7 @@ def train_command(
     resume: Annotated[
         str | None, Opt(help="Continue a run: a checkpoint file, or a run directory (its newest checkpoint).")
     ] = D.resume,
-    init: Annotated[
-        str | None,
-        Opt(
-            help="Start a new run from these weights: official checkpoint-*.pth, jitrs .pt or .safetensors, or a run "
-            "directory (its newest checkpoint)."
-        ),
-    ] = D.init,
+    init: InitOption = D.init,
     overwrite: Annotated[
         bool, Opt(help="Start over in an --out that already holds a run, deleting that run's checkpoints and logs.")
     ] = D.overwrite,
@@ -84,8 +117,7 @@ def train_command(
     flip: Annotated[
         bool, Opt("--flip/--no-flip", help="Random horizontal flips (p = 0.5); off for data mirroring changes.")
     ] = D.flip,
-    ema1: Annotated[float, Opt(help="Decay of the first EMA (used for samples and evaluation).")] = D.ema1,
-    ema2: Annotated[float, Opt(help="Decay of the second EMA.")] = D.ema2,
+    ema: EmaOption = DEFAULT_EMA,
     seed: Annotated[int, Opt(help="Seed of the data order, flips, noise and initialisation.")] = D.seed,
     ckpt_every: Annotated[int, Opt(help="Save a checkpoint every N optimiser steps (and at the end).")] = D.ckpt_every,
     keep_last: Annotated[int, Opt(help="Keep only the newest K checkpoints; 0 keeps all.")] = D.keep_last,
@@ -99,6 +131,12 @@ def train_command(
     quality_samples: Annotated[
         int, Opt(help="Built-in datasets: score N samples of the final checkpoint (recognised %, FD); 0 = off.")
     ] = D.quality_samples,
+    eval_every: EvalEvery = D.eval_every,
+    eval_ref: EvalRef = D.eval_ref,
+    eval_n: Annotated[int, Opt(help="--eval-every: samples per evaluation, class-balanced.")] = D.eval_n,
+    eval_cfg: EvalCfg = D.eval_cfg,
+    eval_ema: EvalEma = D.eval_ema,
+    inception_weights: InceptionWeights = D.inception_weights,
     log_every: Annotated[int, Opt(help="Read the loss back and log it every N steps.")] = D.log_every,
     compile: Annotated[
         bool | None, Opt("--compile/--no-compile", help="torch.compile the model (default: on CUDA).")
@@ -128,6 +166,8 @@ def train_command(
             continue
         if name == "model_arg":
             explicit["model_args"] = parse_model_args(value or [])
+        elif name == "ema":
+            explicit["ema"] = parse_decays(value)
         else:
             explicit[name] = value
     from jitrs.train import REFUSE_INIT_WITH_RESUME, load_resume, train

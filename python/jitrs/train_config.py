@@ -5,6 +5,10 @@ preset and the layering of config files and flags. The CLI (jitrs.train_cli) onl
 Precedence: flags given on the command line > the --config file (TOML or YAML, keys are option names with
 dashes or underscores) > the --demo preset > the defaults below (the paper's recipe). `model_args` merge key by
 key across the layers.
+
+EMAs: `ema` lists the decays (`--ema 0.9999,0.9998,0.9996`), saved as the checkpoint's ema1, ema2, ... in that
+order. Config files and checkpoints written before it name two decays `ema1` and `ema2`: they are read as
+`ema = [ema1, ema2]` (a missing one takes its default).
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jitrs.ema_keys import check_decays, check_ema_spec
 from jitrs.errors import UserError
 from jitrs.paper import LABEL_DROP, P_MEAN, P_STD, SAMPLE_STEPS, T_EPS
 
 SCHEDULES = ("constant", "cosine")
+EMA_DECAYS = (0.9999, 0.9996)  # the official code's two EMAs (the paper's three: 0.9999, 0.9998, 0.9996)
+_LEGACY_EMA = ("ema1", "ema2")  # the option names of the two decays before `ema` listed any number
 
 
 @dataclass
@@ -50,8 +57,7 @@ class TrainConfig:
     t_eps: float = T_EPS
     label_drop: float = LABEL_DROP
     flip: bool = True  # random horizontal flips of the training images (p = 0.5)
-    ema1: float = 0.9999
-    ema2: float = 0.9996
+    ema: list[float] = field(default_factory=lambda: list(EMA_DECAYS))  # ema1, ema2, ... in this order
     seed: int = 0
     ckpt_every: int = 5000
     keep_last: int = 3
@@ -59,6 +65,12 @@ class TrainConfig:
     sample_steps: int = SAMPLE_STEPS  # also what `jitrs sample` of this run uses by default
     sample_cfg: float = 3.0  # likewise, unless the model is an official one with its own published scale
     quality_samples: int = 0  # built-in datasets: score this many samples of the final checkpoint (0: off)
+    eval_every: int = 0  # FID/IS of an EMA every N steps (0: off), against --eval-ref
+    eval_ref: str | None = None  # reference statistics (jitrs eval --make-ref) at --res
+    eval_n: int = 5000
+    eval_cfg: float | None = None  # None: the official scale of a named model, else --sample-cfg
+    eval_ema: str | None = None  # which EMA (as `jitrs sample --ema`); None: ema1
+    inception_weights: str | None = None  # None: $JITRS_INCEPTION_WEIGHTS
     log_every: int = 100
     compile: bool | None = None  # None: on for CUDA
     bf16: bool | None = None  # None: on for CUDA
@@ -101,24 +113,38 @@ class TrainConfig:
             raise UserError(f"--epochs must be positive, got {self.epochs}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-        for name in ("ema1", "ema2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        try:
+            check_decays(self.ema)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         if self.blr <= 0 or self.warmup_epochs < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.keep_last < 0:
             raise UserError("--blr must be positive and --warmup-epochs, --weight-decay, --grad-clip, --keep-last >= 0")
         if self.quality_samples < 0:
             raise UserError(f"--quality-samples must be >= 0, got {self.quality_samples}")
+        self._validate_eval()
         if self.data is None:
             raise UserError("--data is required: an image folder (DATA/train/<class>/*.jpg) or builtin:mnist")
+
+    def _validate_eval(self) -> None:
+        if self.eval_every < 0:
+            raise UserError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
+        if self.eval_every and self.eval_ref is None:
+            raise UserError("--eval-every needs --eval-ref: reference statistics made by `jitrs eval --make-ref`")
+        if self.eval_n < 2:
+            raise UserError(f"--eval-n must be at least 2 (a covariance needs two images), got {self.eval_n}")
+        if self.eval_cfg is not None and self.eval_cfg < 0:
+            raise UserError(f"--eval-cfg must be >= 0, got {self.eval_cfg}")
+        check_ema_spec(self.eval_ema, "eval_ema")
 
 
 def _field_types(annotation: str) -> tuple[type, ...]:
     """The runtime types a field annotation (a string, as `from __future__ import annotations` leaves it) allows."""
     names = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "None": (type(None),)}
+    containers = {"dict": (dict,), "list": (list,)}
     allowed: tuple[type, ...] = ()
     for part in annotation.split("|"):
         part = part.strip()
-        allowed += names.get(part, (dict,) if part.startswith("dict") else ())
+        allowed += names.get(part, containers.get(part.split("[")[0], ()))
     return allowed
 
 
@@ -148,8 +174,7 @@ DEMO: dict[str, Any] = {
     "warmup_epochs": 2.0,
     "p_mean": -1.5,
     "flip": False,
-    "ema1": 0.995,
-    "ema2": 0.99,
+    "ema": [0.995, 0.99],
     "ckpt_every": 900,
     "sample_every": 600,
     "sample_steps": 20,
@@ -184,7 +209,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise UserError(f"--config {path}: cannot parse it ({type(e).__name__}: {e})") from None
     if not isinstance(raw, dict):
         raise UserError(f"--config {path}: expected a table of options at the top level")
-    options = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    options = legacy_ema({str(k).replace("-", "_"): v for k, v in raw.items()})
+    if isinstance(options.get("ema"), str):
+        options["ema"] = parse_decays(options["ema"])
+    elif isinstance(options.get("ema"), (int, float)) and not isinstance(options["ema"], bool):
+        options["ema"] = [options["ema"]]  # one EMA
     unknown = sorted(set(options) - set(_FIELDS) - {"config", "demo", "model_arg"})
     if unknown:
         raise UserError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
@@ -199,6 +228,30 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise UserError(f"--config {path}: model_args must be a table of KEY = VALUE")
         options["model_args"] = {**table, **parse_model_args(items)}
     return options
+
+
+def parse_decays(text: str) -> list[float]:
+    """ "0.9999,0.9998" -> [0.9999, 0.9998] (the value of --ema); each must be a number in (0, 1), all distinct."""
+    try:
+        decays = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--ema {text}: expected comma-separated EMA decays such as 0.9999,0.9996") from None
+    try:
+        check_decays(decays, f"--ema {text}")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return decays
+
+
+def legacy_ema(options: dict[str, Any]) -> dict[str, Any]:
+    """Options (a config file's, a checkpoint's saved ones) with the old `ema1`/`ema2` read as `ema`."""
+    if not any(k in options for k in _LEGACY_EMA):
+        return options
+    if "ema" in options:
+        raise UserError("give the EMA decays once: as `ema` (a list) or as the older `ema1`/`ema2`, not both")
+    out = {k: v for k, v in options.items() if k not in _LEGACY_EMA}
+    out["ema"] = [options.get(k, d) for k, d in zip(_LEGACY_EMA, EMA_DECAYS, strict=True)]
+    return out
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:
@@ -256,7 +309,8 @@ _RESUME_KEEPS_THE_MODEL = (
 
 
 def resumed_defaults(resume: str, saved: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
-    """The defaults of a resumed run: the run's own saved options, writing on into the checkpoint's directory."""
-    defaults = {k: v for k, v in saved.items() if k in _FIELDS}
-    defaults.update(resume=resume, out=str(checkpoint.parent), overwrite=False)
+    """The defaults of a resumed run: the run's own saved options, writing on into the checkpoint's directory (its
+    weights come from the checkpoint, whatever --init started it)."""
+    defaults = {k: v for k, v in legacy_ema(saved).items() if k in _FIELDS}
+    defaults.update(resume=resume, out=str(checkpoint.parent), overwrite=False, init=None)
     return defaults
