@@ -16,8 +16,9 @@ demo: setup ## train a small JiT on builtin:mnist on the CPU (~10 min), score it
 
 test: setup lint test-rust test-python ## the whole test suite: lint, cargo test, pytest
 
+# One worker per core (tests/conftest.py keeps each worker on one thread and starts the longest tests first).
 test-python:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 test-rust:
 	cargo test --release -q

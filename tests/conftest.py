@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -32,3 +33,39 @@ def real_photo(request: pytest.FixtureRequest) -> Path:
 def real_photos() -> list[Path]:
     """All the real JPEG photographs, in a fixed order."""
     return [REAL_PHOTOS[name] for name in sorted(REAL_PHOTOS)]
+
+
+# `make test` runs pytest-xdist workers (one per core). Each worker computes on one thread so that two workers do
+# not fight over the cores; a module's expensive module/session fixtures are built once, by keeping its tests on
+# one worker (an xdist_group); and the longest tests and groups start first, so the run does not end waiting on
+# one of them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+# Modules whose tests share an expensive fixture (a trained classifier, shared training runs, Inception features).
+_GROUPS = {
+    "test_builtin": "judge",
+    "test_ema": "ema-runs",
+    "test_online_eval": "ema-runs",
+    "test_eval": "eval-sets",
+    "test_sweep": "sweep",
+    "test_toy": "toy-grid",
+    "test_scoring": "scoring",
+}
+# Tests or groups that take a minute or more on a 2-core machine, longest first.
+_LONG_FIRST = ["test_demo_recipe_learns_digits", "judge", "test_gpu_check", "eval-sets", "ema-runs", "test_wheel"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def module(item: pytest.Item) -> str:
+        return item.path.stem
+
+    for item in items:
+        if group := _GROUPS.get(module(item)):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+    def rank(item: pytest.Item) -> int:
+        keys = [item.name.partition("[")[0], module(item), _GROUPS.get(module(item), "")]
+        return min((_LONG_FIRST.index(k) for k in keys if k in _LONG_FIRST), default=len(_LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order

@@ -1,4 +1,4 @@
-"""A full disk, for real (a small tmpfs), under every writer of train, sample and toy: one line naming the file
+"""A full disk, for real (a small tmpfs), under every writer of train, sample, eval and toy: one line naming the file
 and the reason (and, for training, the last good checkpoint), exit code 1, no traceback, no temp file left, and
 what was written before stays sound."""
 
@@ -10,11 +10,14 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import jitrs
 from testkit.checkpoints import TINY, make_checkpoint
 from testkit.cli import run_cli
+from testkit.feature_nets import random_inception_weights
 
 TRAIN = [
     "train", "--data", "digits", "--model", "JiT-S/4", "--res", "16", "--sample-steps", "2",
@@ -105,4 +108,18 @@ def test_toy_on_a_full_disk(small_disk: Path) -> None:
     args = ("--dims", "2", "--train-steps", "5", "--samples", "50", "--sample-steps", "2")
     line = assert_one_line_exit_1(run_cli("toy", "--out", out, *args))
     assert line == f"error: {out / 'toy.png'}: No space left on device"
+    assert not no_temp_files(small_disk)
+
+
+def test_eval_make_ref_on_a_full_disk(small_disk: Path, tmp_path: Path) -> None:
+    weights = random_inception_weights(tmp_path / "weights")
+    data = tmp_path / "data" / "c"
+    data.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((24, 24, 3), 60 * i, np.uint8)).save(data / f"{i}.png")
+    mount(small_disk, "8k")  # the statistics (2048² float64) do not fit
+    out = small_disk / "stats.npz"
+    args = ("eval", "--make-ref", data.parent, "--res", "16", "--inception-weights", weights, "--device", "cpu")
+    line = assert_one_line_exit_1(run_cli(*args, "--out", out))
+    assert line == f"error: {out}: No space left on device"
     assert not no_temp_files(small_disk)

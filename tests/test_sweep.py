@@ -11,6 +11,7 @@ import sklearn.datasets
 from PIL import Image
 
 from jitrs import metrics, scoring
+from jitrs.checkpoint import Checkpoint
 from jitrs.errors import UserError
 from jitrs.sweep import POINTS, SweepOptions, coarse_to_fine, ema_keys, parse_range, sweep
 from testkit import cli
@@ -109,17 +110,22 @@ def options(env: dict[str, Path], out: Path, **kw: object) -> SweepOptions:
 
 
 def test_ema_all_is_every_ema_and_a_list_names_them() -> None:
-    stored = ["model", "ema1", "ema2", "ema3"]
-    assert ema_keys("all", stored, Path("c.pt")) == ["ema1", "ema2", "ema3"]
-    assert ema_keys("3,none", stored, Path("c.pt")) == ["ema3", "model"]
+    decays = {"ema1": 0.9999, "ema2": 0.9996, "ema3": 0.9998}
+    weights: dict[str, dict] = {"model": {}, "ema1": {}, "ema2": {}, "ema3": {}}
+    ckpt = Checkpoint(Path("c.pt"), {}, None, 1.0, weights, decays=decays)
+    assert ema_keys("all", ckpt) == ["ema1", "ema2", "ema3"]
+    assert ema_keys("3,none", ckpt) == ["ema3", "model"]
+    assert ema_keys("0.9998, ema2", ckpt) == ["ema3", "ema2"]  # by decay and by key, as sample's --ema
+    with pytest.raises(UserError, match="holds no ema4 weights"):
+        ema_keys("4", ckpt)
     with pytest.raises(UserError, match="holds no EMA weights"):
-        ema_keys("all", ["model"], Path("c.pt"))
+        ema_keys("all", Checkpoint(Path("c.pt"), {}, None, 1.0, {"model": {}}))
 
 
 def test_bad_input_is_refused_before_any_sampling(env: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     line = one_error_line(cli.run_cli(*sweep_args(env, out), "--ema", "3", unset=(metrics.WEIGHTS_ENV,)))
-    assert line.startswith("error: --ema 3:") and "ema3" in line and "ema1, ema2" in line
+    assert line.startswith("error: --ema 3:") and "holds no ema3 weights; it holds model, ema1 (" in line, line
     cases = [
         ({"ref": env["stats32"]}, r"ref32\.npz: holds statistics of 32 px images but the samples are 16 px"),
         ({"inception_weights": None}, r"pt_inception-2015-12-05-6726825d\.pth \(published at https://"),

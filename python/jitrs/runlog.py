@@ -139,13 +139,13 @@ def _step(line: str) -> int | None:
 
 def plot_loss(rows: list[dict[str, Any]], out: Path) -> None:
     """The loss curve of a run (every row of metrics.jsonl that has a loss) as a PNG, written atomically."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ax.plot([r["step"] for r in rows if "loss" in r], [r["loss"] for r in rows if "loss" in r], lw=1)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss (v-space MSE)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_quality(rows: list[dict[str, Any]], out: Path) -> None:
@@ -153,7 +153,7 @@ def plot_quality(rows: list[dict[str, Any]], out: Path) -> None:
     real-digit and class-mean-blob yardsticks, as a PNG."""
     if not rows:
         return
-    fig, (acc, fd) = _figure(2)
+    fig, (acc, fd) = new_figure(2)
     steps = [r["step"] for r in rows]
     acc.plot(steps, [100 * r["accuracy"] for r in rows], "o-", lw=1, label="samples")
     acc.axhline(100 * rows[-1]["classifier_accuracy"], color="g", ls="--", lw=1, label="real digits")
@@ -168,10 +168,10 @@ def plot_quality(rows: list[dict[str, Any]], out: Path) -> None:
         ax.set_xlabel("optimiser step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
-def _figure(panels: int = 1) -> tuple[Any, Any]:
+def new_figure(panels: int = 1) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +181,7 @@ def _figure(panels: int = 1) -> tuple[Any, Any]:
     return fig, fig.subplots(1, panels)
 
 
-def _save(fig: Any, out: Path) -> None:
+def save_figure(fig: Any, out: Path) -> None:
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")

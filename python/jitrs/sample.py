@@ -299,7 +299,7 @@ class _Speed(ProgressColumn):
 
 
 # ---------------------------------------------------------------------------------------------- the job
-def _check_options(opt: SampleOptions) -> None:
+def check_options(opt: SampleOptions) -> None:
     if opt.n <= 0:
         raise UserError(f"--n must be a positive number of images, got {opt.n}")
     check_ema_spec(opt.ema)
@@ -370,7 +370,7 @@ def sampler_defaults(opt: SampleOptions, ckpt: jitrs.Checkpoint) -> tuple[float,
     return float(cfg), int(steps or SAMPLE_STEPS)
 
 
-def _flow(path: Path, stored: dict[str, Any], noise_scale: float) -> Flow:
+def checkpoint_flow(path: Path, stored: dict[str, Any], noise_scale: float) -> Flow:
     """The sampler of the checkpoint's training: its noise scale, t_eps and prediction target."""
     try:
         return Flow.from_dict(stored, noise_scale=noise_scale)
@@ -392,7 +392,7 @@ def sample(opt: SampleOptions, console: Console | None = None, scorer: Scorer | 
     resumed job finds already done as read back from its file (the same uint8 pixels). Returns, on rank 0, what
     to evaluate: the PNG folder, or the npz file when only npz was asked; None elsewhere.
     """
-    _check_options(opt)
+    check_options(opt)
     ckpt_path = resolve_checkpoint(opt.ckpt, "ckpt")
     writable_dir(opt.out)
     # The ranks only ever wait for each other (barriers), never exchange tensors: gloo does it on any device.
@@ -416,7 +416,7 @@ def sample(opt: SampleOptions, console: Console | None = None, scorer: Scorer | 
         check_reference(scorer.reference, scorer.metrics, res)  # before any image is made
     weights = ckpt.select(opt.ema)
     cfg, steps = sampler_defaults(opt, ckpt)
-    flow = _flow(ckpt_path, ckpt.flow, ckpt.noise_scale)
+    flow = checkpoint_flow(ckpt_path, ckpt.flow, ckpt.noise_scale)
     # Built before anything is written, so a checkpoint whose weights do not fit its config leaves no trace.
     net = ckpt.build(ema=weights, device=device).eval()
     stat = ckpt_path.stat()

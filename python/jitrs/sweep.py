@@ -15,7 +15,7 @@ import math
 import os
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,12 @@ from rich.table import Table
 
 import jitrs
 from jitrs.atomic import atomic_write_text, writable_dir
+from jitrs.checkpoint import Checkpoint
 from jitrs.device import setup_distributed
 from jitrs.errors import UserError
 from jitrs.rundir import resolve_checkpoint
-from jitrs.runlog import _figure, _save
-from jitrs.sample import SampleOptions, _check_options, _flow, sample, sampler_defaults
+from jitrs.runlog import new_figure, save_figure
+from jitrs.sample import SampleOptions, check_options, checkpoint_flow, sample, sampler_defaults
 from jitrs.scoring import Scorer, check_reference, parse_metrics, score_model
 
 POINTS = "points.jsonl"
@@ -134,20 +135,14 @@ def append_point(path: Path, row: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the job
-def ema_keys(spec: str, stored: Sequence[str], path: Path) -> list[str]:
-    """The weight sets of `spec`: "all" (every EMA: stored keys starting with "ema"), or a comma list of EMA
-    numbers / key names ("1,2", "ema1", "none" for the raw model)."""
-    emas = [k for k in stored if k.startswith("ema")]
+def ema_keys(spec: str, ckpt: Checkpoint) -> list[str]:
+    """The weight sets of `spec`: "all" (every EMA of the checkpoint), or a comma list of what `--ema` of
+    `jitrs sample` takes ("1,2", "ema3", "0.9998", "none" for the raw model)."""
     if spec == "all":
-        if not emas:
-            raise UserError(f"holds no EMA weights, only {', '.join(stored)}", param="ckpt", value=path)
-        return emas
-    keys = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        key = "model" if part == "none" else part if part.startswith("ema") or part == "model" else f"ema{part}"
-        if key not in stored:
-            raise UserError(f"{path} holds no {key} weights, only {', '.join(stored)}", param="ema", value=spec)
-        keys.append(key)
+        if not ckpt.ema_sets():
+            raise UserError(f"holds no EMA weights, only {', '.join(ckpt.weights)}", param="ckpt", value=ckpt.path)
+        return list(ckpt.ema_sets())
+    keys = [ckpt.select(part) for part in (p.strip() for p in spec.split(",")) if part]
     if not keys:
         raise UserError("names no weight set (all, or e.g. 1,2)", param="ema", value=spec)
     return keys
@@ -192,12 +187,12 @@ def sweep(opt: SweepOptions, console: Console | None = None) -> dict[str, Any] |
         ckpt=opt.ckpt, out=opt.out, n=opt.n, method=opt.method, steps=opt.steps, cfg=cfg_lo, interval=opt.interval,
         batch_size=opt.batch_size, seed=opt.seed, device=opt.device,
     )  # fmt: skip
-    _check_options(base)
+    check_options(base)
     if opt.final is not None and opt.final <= 0:
         raise UserError(f"--final must be a positive number of images, got {opt.final}")
     ckpt_path = resolve_checkpoint(opt.ckpt, "ckpt")
     ckpt = jitrs.load_checkpoint(ckpt_path)
-    keys = ema_keys(opt.ema, list(ckpt.weights), ckpt_path)
+    keys = ema_keys(opt.ema, ckpt)
     res, num_classes = int(ckpt.config["input_size"]), int(ckpt.config["num_classes"])
     d = setup_distributed(opt.device)
     console = console or Console(stderr=True, quiet=d.rank != 0)
@@ -209,7 +204,7 @@ def sweep(opt: SweepOptions, console: Console | None = None) -> dict[str, Any] |
         raise UserError("the sweep minimises FID: --metrics must include fid", param="metrics", value=opt.metrics)
     writable_dir(opt.out)
     _, steps = sampler_defaults(base, ckpt)
-    flow = _flow(ckpt_path, ckpt.flow, ckpt.noise_scale)
+    flow = checkpoint_flow(ckpt_path, ckpt.flow, ckpt.noise_scale)
     stat = ckpt_path.stat()
     settings = {
         "checkpoint": str(ckpt_path.resolve()), "checkpoint_bytes": stat.st_size,
@@ -321,7 +316,7 @@ def _report(summary: dict[str, Any], out: Path, console: Console) -> None:
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """FID (and the Inception Score, when measured) against the guidance scale, one line per EMA."""
     has_is = "inception_score" in rows[0]
-    fig, axes = _figure(2 if has_is else 1)
+    fig, axes = new_figure(2 if has_is else 1)
     fid_ax, is_ax = (axes[0], axes[1]) if has_is else (axes, None)
     for ema in dict.fromkeys(r["ema"] for r in rows):
         mine = [r for r in rows if r["ema"] == ema]
@@ -334,4 +329,4 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -170,12 +170,19 @@ def train_command(
             explicit["ema"] = parse_decays(value)
         else:
             explicit[name] = value
-    from jitrs.train import REFUSE_INIT_WITH_RESUME, load_resume, train
+    from jitrs.train import train
 
     file_options = read_config_file(config) if config is not None else {}
     resume_path = explicit.get("resume", file_options.get("resume"))
     if resume_path is None:
         return train(build_config(explicit, file_options, demo, D.to_dict()))
+    return _resume(resume_path, explicit, file_options, demo)
+
+
+def _resume(resume_path: str, explicit: dict[str, Any], file_options: dict[str, Any], demo: bool) -> int:
+    """`jitrs train --resume RUN`: the run's saved options are the defaults the command line overrides."""
+    from jitrs.train import REFUSE_INIT_WITH_RESUME, load_resume, train
+
     if explicit.get("init", file_options.get("init")) is not None:
         raise UserError(REFUSE_INIT_WITH_RESUME)
     checkpoint, ckpt = load_resume(resume_path)
