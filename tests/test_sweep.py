@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,10 @@ from PIL import Image
 from jitrs import metrics, scoring
 from jitrs.checkpoint import Checkpoint
 from jitrs.errors import UserError
-from jitrs.sweep import POINTS, SweepOptions, coarse_to_fine, ema_keys, parse_range, sweep
+from jitrs.sweep import POINTS, SweepOptions, _grid, coarse_to_fine, ema_keys, parse_range, search, sweep
 from testkit import cli
 from testkit.checkpoints import TINY, make_checkpoint
-from testkit.cli import one_error_line
+from testkit.cli import PYTHONPATH, one_error_line
 from testkit.feature_nets import random_inception_weights
 
 RES = TINY["input_size"]
@@ -33,6 +36,28 @@ def test_search_finds_the_minimum_of_a_unimodal_curve_in_about_ten_evaluations(m
     assert coarse_to_fine(fid, 1.0, 4.0) == pytest.approx(minimum)
     assert len(calls) == len(set(calls)) <= 11  # the naive 0.1 grid costs 31
     assert coarse_to_fine(fid, 1.0, 4.0) == pytest.approx(minimum)  # deterministic
+
+
+@pytest.mark.parametrize(("cfg_min", "imin_min"), [(1.0, 0.0), (2.3, 0.15), (3.1, 0.4), (4.0, 0.25)])
+def test_search_over_cfg_and_interval_min_finds_a_separable_minimum(cfg_min: float, imin_min: float) -> None:
+    calls: list[tuple[float, float]] = []
+
+    def fid(cfg: float, imin: float) -> float:
+        calls.append((cfg, imin))
+        return 5.0 + (cfg - cfg_min) ** 2 + 0.3 * abs(cfg - cfg_min) + 4 * (imin - imin_min) ** 2
+
+    assert search(fid, (1.0, 4.0), (0.0, 0.4)) == pytest.approx((cfg_min, imin_min))
+    assert len(calls) == len(set(calls)) <= 20  # a 0.1 x 0.05 grid costs 31 x 9
+
+
+def test_search_walks_the_cfg_again_at_the_interval_min_it_found() -> None:
+    # Guidance that acts over a narrower interval wants a larger scale: the best cfg moves with interval-min.
+    def fid(cfg: float, imin: float) -> float:
+        return (cfg - (2.0 + 3 * imin)) ** 2 + (imin - 0.3) ** 2
+
+    cfg, imin = search(fid, (1.0, 4.0), (0.0, 0.4))
+    assert imin > 0 and cfg == min(_grid(1.0, 4.0, 0.1), key=lambda c: fid(c, imin))
+    assert search(fid, (1.0, 4.0), (0.0, 0.0)) == (2.0, 0.0)  # a single interval-min is not searched
 
 
 def test_cfg_ranges() -> None:
@@ -103,6 +128,42 @@ def test_a_tiny_sweep_end_to_end_and_its_resume(env: dict[str, Path], tmp_path: 
     assert resumed is not None and resumed["best"]["fid"] == best["fid"]
 
 
+def test_a_sweep_of_interval_min_stores_its_points_and_runs_the_best(env: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    summary = sweep(options(env, out, cfg=(1.0, 1.0), interval_min=(0.0, 0.2), final=2))
+    assert summary is not None
+    points = summary["points"]
+    assert {0.0, 0.1, 0.2} <= {p["interval_min"] for p in points}
+    assert len({(p["cfg"], p["interval_min"]) for p in points}) == len(points) == summary["evaluations"]
+    best = summary["best"]
+    assert best["fid"] == min(p["fid"] for p in points)
+    assert f"--cfg {best['cfg']:g} " in summary["command"]
+    assert f"--interval-min {best['interval_min']:g} --interval-max 1 " in summary["command"]
+    assert summary["final"]["fid"] == pytest.approx(best["fid"], rel=1e-6)  # the final run used the best interval
+
+
+def test_a_sweep_under_torchrun_equals_one_process(env: dict[str, Path], tmp_path: Path) -> None:
+    args = [str(a) for a in sweep_args(env, tmp_path / "one")] + ["--ema", "1", "--device", "cpu"]
+    args[args.index("--n") + 1] = "4"
+    one = cli.run_cli(*args, unset=(metrics.WEIGHTS_ENV,))
+    assert one.returncode == 0, one.stderr
+    args = args[1:]
+    args[args.index("--out") + 1] = str(tmp_path / "two")
+    args[args.index("--n")] = "--num-samples"  # torchrun's own parser takes --n
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "jitrs"]
+    env_vars = {k: v for k, v in os.environ.items() if k != metrics.WEIGHTS_ENV}
+    env_vars |= {"PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*cmd, "sweep", *args], capture_output=True, text=True, env=env_vars, timeout=300)
+    assert two.returncode == 0, two.stderr
+    # Each rank made half of every point's images; the statistics were reduced over both.
+    a, b = (json.loads((tmp_path / d / "sweep.json").read_text())["points"] for d in ("one", "two"))
+    assert [(p["cfg"], p["interval_min"]) for p in a] == [(p["cfg"], p["interval_min"]) for p in b]
+    for p, q in zip(a, b, strict=True):
+        assert q["fid"] == pytest.approx(p["fid"], rel=1e-9) and p["fid"] > 0
+        assert q["inception_score"] == pytest.approx(p["inception_score"], rel=1e-9)
+    assert len((tmp_path / "two" / POINTS).read_text().splitlines()) == len(a)  # one writer: rank 0
+
+
 def options(env: dict[str, Path], out: Path, **kw: object) -> SweepOptions:
     base = {"ckpt": env["ckpt"], "ref": env["stats"], "out": out, "n": 2, "cfg": (1.0, 1.5), "steps": 1, "ema": "1"}
     base |= {"batch_size": 2, "inception_weights": env["inception"], "device": "cpu"}
@@ -130,6 +191,7 @@ def test_bad_input_is_refused_before_any_sampling(env: dict[str, Path], tmp_path
         ({"ref": env["stats32"]}, r"ref32\.npz: holds statistics of 32 px images but the samples are 16 px"),
         ({"inception_weights": None}, r"pt_inception-2015-12-05-6726825d\.pth \(published at https://"),
         ({"metrics": "is"}, "must include fid"),
+        ({"interval_min": (0.0, 1.0)}, r"min.1\.0: must lie below --interval-max 1"),
     ]
     for kw, message in cases:
         with pytest.MonkeyPatch.context() as mp:

@@ -19,7 +19,13 @@ def sweep_command(
     ] = 8000,
     cfg: Annotated[str, typer.Option(help="CFG range LO:HI searched (coarse 0.5 grid, then 0.1).")] = "1.0:4.0",
     ema: Annotated[str, typer.Option(help="Weight sets: all (every EMA), or e.g. 1,2 or none (raw model).")] = "all",
-    interval_min: Annotated[float, typer.Option(help="Guidance applies for interval-min < t < interval-max.")] = 0.1,
+    interval_min: Annotated[
+        str,
+        typer.Option(
+            help="Guidance applies for interval-min < t < interval-max; a range LO:HI (e.g. 0.0:0.4) is searched too, "
+            "after the CFG (steps 0.1, then 0.05)."
+        ),
+    ] = "0.1",
     interval_max: Annotated[float, typer.Option(help="Upper end of the guidance interval.")] = 1.0,
     metrics: Annotated[str, typer.Option(help=f"{METRICS_HELP} FID is minimised.")] = "fid,is",
     method: Annotated[str, typer.Option(help="ODE solver: heun or euler.")] = "heun",
@@ -47,7 +53,8 @@ def sweep_command(
             n=n,
             cfg=parse_range(cfg),
             ema=ema,
-            interval=(interval_min, interval_max),
+            interval_min=parse_range(interval_min, "interval_min"),
+            interval_max=interval_max,
             metrics=metrics,
             method=method,
             steps=steps,
