@@ -38,6 +38,15 @@ def test_search_finds_the_minimum_of_a_unimodal_curve_in_about_ten_evaluations(m
     assert coarse_to_fine(fid, 1.0, 4.0) == pytest.approx(minimum)  # deterministic
 
 
+def test_float_noise_is_a_tie_not_a_step_downhill() -> None:
+    # A point recomputed by a resumed sweep in another process may differ in the last bits.
+    def fid(dip: float):
+        return lambda cfg: 5.0 - (dip if cfg == 1.1 else 0.0)
+
+    assert coarse_to_fine(fid(1e-12), 1.0, 4.0) == 1.0
+    assert coarse_to_fine(fid(1e-3), 1.0, 4.0) == 1.1
+
+
 @pytest.mark.parametrize(("cfg_min", "imin_min"), [(1.0, 0.0), (2.3, 0.15), (3.1, 0.4), (4.0, 0.25)])
 def test_search_over_cfg_and_interval_min_finds_a_separable_minimum(cfg_min: float, imin_min: float) -> None:
     calls: list[tuple[float, float]] = []
@@ -92,7 +101,7 @@ def at_resolution(stats: Path, res: int) -> Path:
 
 def sweep_args(env: dict[str, Path], out: Path) -> list[str | Path | int]:
     return ["sweep", "--ckpt", env["ckpt"], "--ref", env["stats"], "--out", out, "--n", 2, "--cfg", "1.0:1.5",
-            "--steps", 1, "--batch-size", 2, "--inception-weights", env["inception"]]  # fmt: skip
+            "--steps", 2, "--batch-size", 2, "--inception-weights", env["inception"]]  # fmt: skip
 
 
 def test_a_tiny_sweep_end_to_end_and_its_resume(env: dict[str, Path], tmp_path: Path) -> None:
@@ -105,6 +114,7 @@ def test_a_tiny_sweep_end_to_end_and_its_resume(env: dict[str, Path], tmp_path: 
     lines = (out / POINTS).read_text().splitlines()
     assert len(lines) == summary["evaluations"] == len(points) and summary["naive_grid_evaluations"] == 6
     assert {1.0, 1.5} <= {p["cfg"] for p in points}
+    assert len({p["fid"] for p in points}) == len(points)  # two steps: guidance acts at t = 0.5, so CFG matters
     best = summary["best"]
     assert best["fid"] == min(p["fid"] for p in points)
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -165,7 +175,7 @@ def test_a_sweep_under_torchrun_equals_one_process(env: dict[str, Path], tmp_pat
 
 
 def options(env: dict[str, Path], out: Path, **kw: object) -> SweepOptions:
-    base = {"ckpt": env["ckpt"], "ref": env["stats"], "out": out, "n": 2, "cfg": (1.0, 1.5), "steps": 1, "ema": "1"}
+    base = {"ckpt": env["ckpt"], "ref": env["stats"], "out": out, "n": 2, "cfg": (1.0, 1.5), "steps": 2, "ema": "1"}
     base |= {"batch_size": 2, "inception_weights": env["inception"], "device": "cpu"}
     return SweepOptions(**(base | kw))  # type: ignore[arg-type]
 

@@ -45,6 +45,7 @@ RESULT = "sweep.json"
 PLOT = "sweep.png"
 COARSE, FINE = 0.5, 0.1
 INTERVAL_COARSE, INTERVAL_FINE = 0.1, 0.05
+TIE = 1e-9  # relative FID differences below this are ties
 NAIVE_STEP = 0.1  # the grid the search replaces: 31 points over 1.0-4.0
 
 
@@ -98,12 +99,18 @@ def walk(
         x = start
         while True:
             nxt = round(x + direction * step, 6)
-            if not lo - 1e-9 <= nxt <= hi + 1e-9 or abs(nxt - start) > reach + 1e-9 or at(nxt) >= at(x):
+            if not lo - 1e-9 <= nxt <= hi + 1e-9 or abs(nxt - start) > reach + 1e-9 or not _lower(at(nxt), at(x)):
                 break
             x = nxt
         if x != start:
             return x
     return start
+
+
+def _lower(a: float, b: float) -> bool:
+    """Whether a is lower than b by more than float noise: a point recomputed by another process (a resumed sweep)
+    may differ in the last bits, and such a tie must not send the walk a step further."""
+    return a < b - TIE * abs(b)
 
 
 def _cached(f: Callable[[float], float]) -> Callable[[float], float]:
