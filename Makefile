@@ -23,9 +23,10 @@ test-python:
 test-rust:
 	cargo test --release -q
 
-lint: ## ruff + rustfmt + clippy + stubtest, warnings are errors
+lint: ## ruff + mypy + rustfmt + clippy + stubtest, warnings are errors
 	$(PY) -m ruff check python tests testkit benches scripts
 	$(PY) -m ruff format --check python tests testkit benches scripts
+	$(PY) -m mypy python/jitrs
 	cargo fmt --check
 	cargo clippy -q --all-targets --all-features -- -D warnings
 	$(PY) -m mypy.stubtest jitrs._native

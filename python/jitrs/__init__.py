@@ -4,6 +4,8 @@ The data path, module by module: files -> `load_batch` (Rust: decode, ADM crop, 
 host memory -> GPU) -> `model.JiT` -> `flow.Flow` (loss, samplers) -> `write_pngs` (Rust).
 """
 
+from typing import TYPE_CHECKING
+
 from jitrs import _native
 from jitrs._native import (
     DecodeError,
@@ -15,6 +17,11 @@ from jitrs._native import (
     write_png,
     write_pngs,
 )
+
+if TYPE_CHECKING:  # what __getattr__ below returns, for the type checker
+    from jitrs.checkpoint import Checkpoint, checkpoint_payload, load_checkpoint, save_checkpoint, save_safetensors
+    from jitrs.flow import Flow
+    from jitrs.model import JiT, JiT_models, JiTConfig
 
 # The PyTorch side is imported on first use (PEP 562), so the data core and the command line's help and input
 # checks work without loading torch.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from jitrs.atomic import atomic_path
 from jitrs.errors import UserError
 
 
-def _read_header(f: object, path: Path) -> tuple[int, ...]:
+def _read_header(f: IO[bytes], path: Path) -> tuple[int, ...]:
     major, _ = np.lib.format.read_magic(f)
     read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read(f)

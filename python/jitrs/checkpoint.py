@@ -299,7 +299,8 @@ def _from_jitrs(path: Path, obj: dict[str, Any]) -> Checkpoint:
     decays = obj.get("ema_decays")
     if decays is None:  # written before "ema_decays": the run's options say which decays its EMAs had
         run = obj.get("train_config") or {}
-        listed = run.get("ema") if isinstance(run.get("ema"), list) else [run.get("ema1"), run.get("ema2")]
+        ema = run.get("ema")
+        listed = ema if isinstance(ema, list) else [run.get("ema1"), run.get("ema2")]
         decays = {f"ema{i + 1}": d for i, d in enumerate(listed) if d is not None}
     if not isinstance(decays, dict):
         raise UserError(f"{path}: its 'ema_decays' is a {type(decays).__name__}, not a dict")

@@ -55,9 +55,10 @@ def main() -> None:
         # (bad option values, unknown options) and its Ctrl-C by shape rather than by import.
         if type(e).__name__ == "Abort":
             _fail("interrupted", 130)
-        if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+        exit_code = getattr(e, "exit_code", None)
+        if not (hasattr(e, "format_message") and isinstance(exit_code, int)):
             raise
         ctx = getattr(e, "ctx", None)
         where = f"jitrs {ctx.info_name}: " if ctx is not None and ctx.parent is not None else ""
-        _fail(where + e.format_message(), e.exit_code)
+        _fail(where + e.format_message(), exit_code)
     sys.exit(result if isinstance(result, int) else 0)

@@ -35,14 +35,16 @@ INDEX_VERSION = 2
 
 # What jitrs.load_batch reads one image from: a file, a (file, offset, length) byte range, or the bytes.
 Source = str | bytes | tuple[str, int, int]
+# Positions in an index: a list, or an integer array (stores index their arrays with it).
+Ids = Sequence[int] | np.ndarray
 
 
 class Store(Protocol):
     """Where the images of an index live; `ids` are positions in the index."""
 
-    def sources(self, ids: Sequence[int]) -> list[Source]: ...
+    def sources(self, ids: Ids) -> list[Source]: ...
 
-    def names(self, ids: Sequence[int]) -> list[str]: ...
+    def names(self, ids: Ids) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,10 @@ class Files:
 
     paths: list[str]
 
-    def sources(self, ids: Sequence[int]) -> list[Source]:
+    def sources(self, ids: Ids) -> list[Source]:
         return [self.paths[i] for i in ids]
 
-    def names(self, ids: Sequence[int]) -> list[str]:
+    def names(self, ids: Ids) -> list[str]:
         return [self.paths[i] for i in ids]
 
 
@@ -74,10 +76,10 @@ class ImageIndex:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def sources(self, ids: Sequence[int]) -> list[Source]:
+    def sources(self, ids: Ids) -> list[Source]:
         return self.store.sources(ids)
 
-    def names(self, ids: Sequence[int]) -> list[str]:
+    def names(self, ids: Ids) -> list[str]:
         return self.store.names(ids)
 
 
@@ -177,7 +179,7 @@ def _dirs_unchanged(dirs: dict[str, int]) -> bool:
 
 def _build_folder(
     root: Path, data_dir: str | Path, threads: int | None, previous: dict[str, Any] | None
-) -> tuple[ImageIndex, dict[str, Any] | None]:
+) -> tuple[ImageIndex, dict[str, Any]]:
     """The ImageFolder index: from `previous` (the cached payload) while every directory keeps its mtime (adding,
     removing or renaming a file changes its directory's mtime), else walked again in a thread pool."""
     if previous is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jitrs.errors import UserError
 
@@ -38,7 +38,7 @@ def check_decays(decays: Sequence[float], what: str = "--ema") -> None:
         raise ValueError(f"{what}: the EMA decays must be distinct, got {','.join(map(str, decays))}")
 
 
-def select_weight_set(spec: str | None, sets: dict[str, float | None], holder: str, param: str = "ema") -> str:
+def select_weight_set(spec: str | None, sets: Mapping[str, float | None], holder: str, param: str = "ema") -> str:
     """The key among `sets` (weight-set key -> EMA decay, None where unknown or not an EMA; "model" first, then
     ema1..emaK) that a user's `--ema` value names: "1".."K" (position), "ema3" (key), "0.9998" (decay), "none" or
     "model" (the raw weights); None takes "ema1" when held, else the only set. UserError naming `holder` and the
@@ -61,7 +61,7 @@ def select_weight_set(spec: str | None, sets: dict[str, float | None], holder: s
     return kind
 
 
-def describe_sets(sets: dict[str, float | None]) -> str:
+def describe_sets(sets: Mapping[str, float | None]) -> str:
     """The weight sets held, for messages: "model, ema1 (0.9999), ema2 (0.9996)"."""
     return ", ".join(
         k if ema_index(k) is None else f"{k} ({'decay unknown' if d is None else f'{d:g}'})" for k, d in sets.items()

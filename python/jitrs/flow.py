@@ -9,7 +9,7 @@ the official clamps: 1 − t is clamped below at t_eps wherever it divides (and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -19,6 +19,16 @@ from jitrs.paper import LABEL_DROP, P_MEAN, P_STD, SAMPLE_STEPS, T_EPS
 Space = Literal["x", "eps", "v"]
 SPACES: tuple[str, ...] = ("x", "eps", "v")
 Net = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+Method = Literal["heun", "euler"]
+
+
+class _JiTLike(Protocol):
+    """What sampling reads from a JiT-like net, only when it needs the image shape or the null class (a net
+    sampled with a given shape and no guidance, like the toy MLP, need not have these)."""
+
+    in_channels: int
+    input_size: int
+    num_classes: int
 
 
 def _per_sample(t: Tensor, ndim: int) -> Tensor:
@@ -139,7 +149,7 @@ class Flow:
         if noise is None:
             noise = torch.randn_like(x) * self.noise_scale
         if y is not None and net.training and not forced and self.label_drop > 0:
-            y = self.drop_labels(y, net.num_classes)
+            y = self.drop_labels(y, cast(_JiTLike, net).num_classes)
         tb = _per_sample(t, x.ndim)
         z = tb * x + (1.0 - tb) * noise
         out = net(z, t, y).float()
@@ -153,7 +163,7 @@ class Flow:
         net: Net,
         y: Tensor | None,
         steps: int = SAMPLE_STEPS,
-        method: Literal["heun", "euler"] = "heun",
+        method: Method = "heun",
         cfg: float = 1.0,
         interval: tuple[float, float] = (0.0, 1.0),
         noise: Tensor | None = None,
@@ -184,12 +194,13 @@ class Flow:
             if shape is None:
                 if y is None:
                     raise ValueError("give y, noise or shape so the batch size is known")
-                shape = (y.shape[0], net.in_channels, net.input_size, net.input_size)
+                jit = cast(_JiTLike, net)
+                shape = (y.shape[0], jit.in_channels, jit.input_size, jit.input_size)
             device = y.device if y is not None else None
             noise = torch.randn(shape, generator=generator, device=device)
         z = self.noise_scale * noise.float()
         batch = z.shape[0]
-        null = torch.full_like(y, net.num_classes) if cfg != 1.0 and y is not None else None
+        null = torch.full_like(y, cast(_JiTLike, net).num_classes) if cfg != 1.0 and y is not None else None
         # The grid lives on the host, in float32 like the official one, so guidance decisions need no GPU sync.
         grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float32)
         grid_dev = grid.to(z.device)  # one copy up front; indexing it later does not sync
@@ -206,6 +217,7 @@ class Flow:
             t_batch = t_dev.expand(batch)
             if not guided:
                 return self.convert(denoise(z, t_batch, y), z, t_dev, "v")
+            assert y is not None and null is not None  # guided implies both
             z2 = torch.cat([z, z])
             out = denoise(z2, torch.cat([t_batch, t_batch]), torch.cat([y, null]))
             v_cond, v_uncond = self.convert(out, z2, t_dev, "v").chunk(2)

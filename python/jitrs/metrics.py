@@ -283,11 +283,11 @@ def save_reference(path: Path, ref: Reference) -> None:
         arrays["prc_features"] = ref.prc_features.numpy().astype(np.float32)
     arrays["feature_spaces"] = np.array(sorted(ref.stats), dtype=np.str_)
     if ref.resolution is not None:
-        arrays["resolution"] = np.int64(ref.resolution)
+        arrays["resolution"] = np.array(ref.resolution, dtype=np.int64)
     if ref.count is not None:
-        arrays["count"] = np.int64(ref.count)
+        arrays["count"] = np.array(ref.count, dtype=np.int64)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)  # as load_reference reads it
 
 
 def frechet_distance(a: Stats, b: Stats) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -199,7 +199,7 @@ class TimestepEmbedder(nn.Module):
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t.float()[:, None] * freqs  # (B, 128)
         features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 256) float32
-        return self.mlp(features.to(self.mlp[0].weight.dtype))
+        return self.mlp(features.to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -375,12 +375,14 @@ class JiT(nn.Module):
         # Patch convs are initialised like linear layers on their flattened weights.
         for conv in (self.x_embedder.proj1, self.x_embedder.proj2):
             nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+        assert self.x_embedder.proj2.bias is not None
         nn.init.zeros_(self.x_embedder.proj2.bias)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        nn.init.normal_(cast(nn.Linear, self.t_embedder.mlp[0]).weight, std=0.02)
+        nn.init.normal_(cast(nn.Linear, self.t_embedder.mlp[2]).weight, std=0.02)
         # adaLN-Zero: every block starts as the identity and the untrained net predicts x = 0.
-        for layer in [*(b.adaLN_modulation[-1] for b in self.blocks), self.final_layer.adaLN_modulation[-1]]:
+        layers = [*(cast(JiTBlock, b).adaLN_modulation[-1] for b in self.blocks), self.final_layer.adaLN_modulation[-1]]
+        for layer in cast(list[nn.Linear], layers):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.final_layer.linear.weight)

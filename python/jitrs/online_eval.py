@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from jitrs.flow import Flow
 from jitrs.paper import CFG_INTERVAL
 from jitrs.scoring import DEFAULT_METRICS, Scorer, score_model
 from jitrs.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 
 def eval_batch_size(n: int, world: int, largest: int, sharded: bool) -> int:
@@ -100,7 +103,7 @@ class OnlineEval:
             device=d.device,
         )
         if sharded:
-            module.reshard()  # FSDP leaves the root gathered after a forward
+            cast("FSDPModule", module).reshard()  # FSDP leaves the root gathered after a forward
         if d.device.type == "cuda":
             torch.cuda.synchronize(d.device)
         images = int(result.pop("images"))

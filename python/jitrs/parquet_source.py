@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jitrs.dataset import ImageIndex, Source
+from jitrs.dataset import Ids, ImageIndex, Source
 from jitrs.errors import UserError
 
 IMAGE_COLUMN, LABEL_COLUMN = "image", "label"
@@ -99,6 +98,7 @@ class ParquetRows:
     file: np.ndarray  # (N,) int32
     rows: np.ndarray  # (N,) int64
     group_starts: list[np.ndarray]
+    _local: threading.local = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_local", threading.local())  # one open ParquetFile per file per thread
@@ -109,7 +109,7 @@ class ParquetRows:
             handles[f] = _pq().ParquetFile(self.files[f])
         return handles[f]
 
-    def sources(self, ids: Sequence[int]) -> list[Source]:
+    def sources(self, ids: Ids) -> list[Source]:
         files, rows = self.file[ids], self.rows[ids]
         out: list[Source] = [b""] * len(files)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -126,7 +126,7 @@ class ParquetRows:
                 out[k] = value if isinstance(value, bytes) else b""  # a null image: reported as empty by the decoder
         return out
 
-    def names(self, ids: Sequence[int]) -> list[str]:
+    def names(self, ids: Ids) -> list[str]:
         return [
             f"{self.files[f]}:row {r}" for f, r in zip(self.file[ids].tolist(), self.rows[ids].tolist(), strict=True)
         ]
@@ -134,14 +134,17 @@ class ParquetRows:
 
 def build(
     root: Path, data_dir: str | Path, threads: int | None, previous: dict[str, Any] | None
-) -> tuple[ImageIndex, dict[str, Any] | None]:
+) -> tuple[ImageIndex, dict[str, Any]]:
     """The index of root's parquet shards (labels and row-group sizes read from each file), or `previous` (the
     cached payload) while every file keeps its size and mtime."""
     files = parquet_files(root)
     payload = previous
     cached = (previous or {}).get("files")
-    fresh = isinstance(cached, list) and [c.get("name") for c in cached] == [str(p.relative_to(root)) for p in files]
-    fresh = fresh and all(c.get("stat") == _stat_key(p) for c, p in zip(cached, files, strict=True))
+    fresh = (
+        isinstance(cached, list)
+        and [c.get("name") for c in cached] == [str(p.relative_to(root)) for p in files]
+        and all(c.get("stat") == _stat_key(p) for c, p in zip(cached, files, strict=True))
+    )
     if not fresh:
         payload = {"files": [_scan_file(root, p, data_dir) for p in files]}
     assert payload is not None

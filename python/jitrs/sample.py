@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from jitrs.atomic import atomic_path, atomic_write_text, writable_dir
 from jitrs.device import setup_distributed
 from jitrs.ema_keys import check_ema_spec
 from jitrs.errors import UserError
-from jitrs.flow import Flow
+from jitrs.flow import Flow, Method
 from jitrs.grid import image_grid
 from jitrs.paper import SAMPLE_STEPS
 from jitrs.rundir import DirLock, resolve_checkpoint
@@ -501,11 +501,12 @@ def generate(
     all_labels = torch.from_numpy(labels)
     shape = (model.in_channels, model.input_size, model.input_size)
     net_dtype = torch.bfloat16 if device.type == "cuda" else None
+    solver = cast(Method, method)  # a user's string: Flow.sample refuses any other
     for idx in batches:
         noise = image_noise(seed, idx, shape).to(device, non_blocking=True)
         y = all_labels[idx].to(device, non_blocking=True)
         z = flow.sample(
-            model, y, steps=steps, method=method, cfg=cfg, interval=interval, noise=noise, net_dtype=net_dtype
+            model, y, steps=steps, method=solver, cfg=cfg, interval=interval, noise=noise, net_dtype=net_dtype
         )
         yield idx, to_pixels(z)
 

@@ -303,8 +303,9 @@ def score_model(
     scorer.reset()
     batches = my_batches(list(range(n)), batch_size, rank, world)
     labels = balanced_labels(n, classes)
-    kw = {"seed": seed, "steps": steps, "method": method, "cfg": cfg, "interval": interval, "device": device}
-    for idx, pixels in generate(model, flow, batches, labels, **kw):
+    for idx, pixels in generate(
+        model, flow, batches, labels, seed=seed, steps=steps, method=method, cfg=cfg, interval=interval, device=device
+    ):
         scorer.add(pixels, idx)
         if progress is not None:
             progress(len(idx))

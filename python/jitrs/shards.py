@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import posixpath
 import tarfile
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from jitrs.dataset import IMAGE_EXTENSIONS, ImageIndex, Source, default_threads
+from jitrs.dataset import IMAGE_EXTENSIONS, Ids, ImageIndex, Source, default_threads
 from jitrs.errors import UserError
 
 SHARD_SUFFIX = ".tar"
@@ -69,7 +68,7 @@ class TarMembers:
     lengths: np.ndarray  # (N,) int64
     members: list[str]
 
-    def sources(self, ids: Sequence[int]) -> list[Source]:
+    def sources(self, ids: Ids) -> list[Source]:
         return [
             (self.shards[s], o, n)
             for s, o, n in zip(
@@ -77,7 +76,7 @@ class TarMembers:
             )
         ]
 
-    def names(self, ids: Sequence[int]) -> list[str]:
+    def names(self, ids: Ids) -> list[str]:
         return [f"{self.shards[self.shard[i]]}:{self.members[i]}" for i in ids]
 
 
@@ -232,7 +231,7 @@ def _stat_key(path: Path) -> list[int] | None:
 
 def build(
     root: Path, data_dir: str | Path, threads: int | None, previous: dict[str, Any] | None
-) -> tuple[ImageIndex, dict[str, Any] | None]:
+) -> tuple[ImageIndex, dict[str, Any]]:
     """The index of the shards in root, scanning (in a process pool) only the shards whose size or mtime differ
     from `previous` (the cached payload); returns `previous` itself when nothing changed."""
     shards = shard_files(root)
@@ -246,9 +245,10 @@ def build(
     for i, scanned in zip(todo, _scan_all([str(shards[i]) for i in todo], threads), strict=True):
         entries[i] = {"name": shards[i].name, **scanned}
     classes_key = _stat_key(root / CLASSES_FILE)
-    unchanged = previous is not None and not todo and len(old) == len(shards)
-    unchanged = unchanged and previous.get("classes_file") == classes_key
-    payload = previous if unchanged else {"classes_file": classes_key, "shards": entries}
+    unchanged = (
+        previous is not None and not todo and len(old) == len(shards) and previous.get("classes_file") == classes_key
+    )
+    payload: dict[str, Any] | None = previous if unchanged else {"classes_file": classes_key, "shards": entries}
     assert payload is not None
     return _assemble(root, data_dir, payload["shards"]), payload
 

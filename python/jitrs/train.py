@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -34,14 +34,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 import jitrs
 from jitrs import rundir
 from jitrs.atomic import atomic_write_text, writable_dir
 from jitrs.builtin import builtin_name, data_root
-from jitrs.checkpoint import checkpoint_payload
+from jitrs.checkpoint import StateDict, checkpoint_payload
 from jitrs.dataset import ImageIndex, build_index, image_root
 from jitrs.device import Dist, decode_threads, setup_distributed
 from jitrs.ema import EMAs
@@ -140,6 +140,7 @@ def resolve(
 
     With a checkpoint (--init, --resume) the model is the checkpoint's and so, unless --noise-scale is given,
     is the noise scale it was trained with."""
+    name: str | None
     if ckpt_config is not None:
         name = None
         model_config = dict(ckpt_config)
@@ -152,7 +153,7 @@ def resolve(
                 f"--res {cfg.res}: the checkpoint's model was built for {model_config.get('input_size')} px"
             )
     else:
-        name: str | None = cfg.model or default_model(cfg.res)
+        name = cfg.model or default_model(cfg.res)
         if name not in JiT_models:
             raise UserError(f"--model {name}: unknown model; choose one of {', '.join(JiT_models)}")
         named = JiT_models[name].to_dict()
@@ -368,7 +369,7 @@ class Run:
         self.plan = Plan(len(index), cfg.batch_size, self.s.accum, d.world, d.rank, cfg.seed, cfg.flip)
         self.start_step = int(resume[1].step) if resume else 0
         saved_batch = resume[1].raw.get("global_batch") if resume else None
-        if saved_batch is not None and saved_batch != self.plan.global_batch:
+        if resume is not None and saved_batch is not None and saved_batch != self.plan.global_batch:
             raise UserError(
                 f"{resume[0]} was trained with {saved_batch} images per step and this run would take "
                 f"{self.plan.global_batch}: the data order and the schedule count those steps, so keep --batch-size × "
@@ -417,7 +418,8 @@ class Run:
         self.judge = self._judge()
         self.pending: list[torch.Tensor] = []  # per-step mean losses not yet read back (reading one syncs)
         self.grad_norms: list[torch.Tensor] = []
-        self.data_wait_s, self.data_waits = 0.0, []  # data waits not yet logged: seconds (CPU), event pairs (CUDA)
+        self.data_wait_s = 0.0  # data waits not yet logged: seconds (CPU), event pairs (CUDA)
+        self.data_waits: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         self.last_loss = float("nan")
         self.t_log, self.images_since = time.perf_counter(), 0
         self.t_start = time.perf_counter()
@@ -449,16 +451,16 @@ class Run:
             # Each block, then the rest, sharded over all ranks; the EMAs the same way, so they cost 1/world each.
             mesh = init_device_mesh(d.device.type, (d.world,))
             for module in (model, *self.emas.modules().values()):
-                for block in module.blocks:
+                for block in cast(nn.ModuleList, module.blocks):
                     fully_shard(block, mesh=mesh)
                 fully_shard(module, mesh=mesh)
         elif d.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if cuda else None)
             net = self.ddp
         if cuda if cfg.compile is None else cfg.compile:
-            net = torch.compile(net)
+            net = cast(nn.Module, torch.compile(net))  # an OptimizedModule: the stubs say only Callable
         self.model, self.net = model, net
-        self.params = list(model.parameters())
+        self.params: list[torch.Tensor] = list(model.parameters())
         self.opt = torch.optim.AdamW(
             param_groups(model, cfg.weight_decay), lr=self.s.peak_lr, betas=(0.9, 0.95), fused=cuda or None
         )
@@ -530,7 +532,7 @@ class Run:
             last = a == s.accum - 1
             sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
             if cfg.fsdp:
-                self.model.set_requires_gradient_sync(last)
+                cast(FSDPModule, self.model).set_requires_gradient_sync(last)
             with sync:
                 with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.bf16):  # forward and loss only
                     loss = flow.loss(self.net, batch.x, y, t=t, noise=noise)
@@ -618,10 +620,11 @@ class Run:
             return path
         payload = checkpoint_payload(
             self.model,
-            model_state=model_state,
+            # full_state_dict: plain tensors (the stubs allow DTensors and ShardedTensors too)
+            model_state=cast(StateDict, model_state),
             name=self.s.model_name or self.base_name,
             flow=self.flow.to_dict(),
-            emas=emas,
+            emas=cast(dict[str, StateDict], emas),
             ema_decays=self.emas.decays(),
             class_names=self.index.classes,
             step=step,
@@ -659,7 +662,7 @@ class Run:
             net_dtype=torch.bfloat16 if self.bf16 else None,
         )
         if cfg.fsdp:
-            ema.module.reshard()  # FSDP leaves the root gathered after a forward
+            cast(FSDPModule, ema.module).reshard()  # FSDP leaves the root gathered after a forward
         if not d.main:
             return None
         images = to_pixels(x).cpu().numpy()

@@ -157,7 +157,7 @@ def train_command(
     stopped by SIGINT / SIGTERM after saving a checkpoint (continue with --resume RUN).
     """
     values = dict(locals())
-    explicit = {}
+    explicit: dict[str, Any] = {}
     for name, value in values.items():
         if name in ("ctx", "config", "demo"):
             continue
