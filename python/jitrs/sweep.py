@@ -93,13 +93,13 @@ def walk(
     f: Callable[[float], float], start: float, lo: float, hi: float, step: float, reach: float = math.inf
 ) -> float:
     """From `start`, step downhill in [lo, hi] while f falls (at most `reach` away): the local minimum. The
-    first direction in which f falls is followed alone (unimodal: it rises the other way)."""
-    at = _cached(f)
+    first direction in which f falls is followed alone (unimodal: it rises the other way). f is asked for each
+    point twice, so callers pass a cached one."""
     for direction in (-1, 1):
         x = start
         while True:
             nxt = round(x + direction * step, 6)
-            if not lo - 1e-9 <= nxt <= hi + 1e-9 or abs(nxt - start) > reach + 1e-9 or not _lower(at(nxt), at(x)):
+            if not lo - 1e-9 <= nxt <= hi + 1e-9 or abs(nxt - start) > reach + 1e-9 or not _lower(f(nxt), f(x)):
                 break
             x = nxt
         if x != start:
@@ -222,14 +222,8 @@ def final_command(opt: SweepOptions, ckpt: Path, best: dict[str, Any], steps: in
     """The `jitrs sample` command of the final run at the best setting (scored like the sweep)."""
     args = ["jitrs", "sample", "--ckpt", str(ckpt), "--out", str(opt.out / "final"), "--n", str(n)]
     args += ["--ema", _ema_flag(best["ema"]), "--cfg", f"{best['cfg']:g}", "--steps", str(steps)]
-    args += [
-        "--method",
-        opt.method,
-        "--interval-min",
-        f"{best['interval_min']:g}",
-        "--interval-max",
-        f"{opt.interval_max:g}",
-    ]
+    args += ["--method", opt.method, "--interval-min", f"{best['interval_min']:g}"]
+    args += ["--interval-max", f"{opt.interval_max:g}"]
     args += ["--seed", str(opt.seed), "--eval-ref", str(opt.ref), "--metrics", ",".join(parse_metrics(opt.metrics))]
     for flag, value in (("--inception-weights", opt.inception_weights), ("--dinov2-weights", opt.dinov2_weights)):
         if value is not None:
@@ -323,9 +317,10 @@ def sweep(opt: SweepOptions, console: Console | None = None) -> dict[str, Any] |
         _report(summary, opt.out, console)
     if opt.final is not None:
         best = _best(rows)
-        final = replace(base, n=opt.final, out=opt.out / "final", ema=_ema_flag(best["ema"]), cfg=best["cfg"])
-        final = replace(final, interval=(best["interval_min"], opt.interval_max))
-        final = replace(final, steps=steps, compile=opt.compile)
+        final = replace(
+            base, n=opt.final, out=opt.out / "final", ema=_ema_flag(best["ema"]), cfg=best["cfg"],
+            interval=(best["interval_min"], opt.interval_max), steps=steps, compile=opt.compile,
+        )  # fmt: skip
         scorer.reset()  # it holds the last point's images
         sample(final, console=console, scorer=scorer)
         results = scorer.result()
